@@ -1,0 +1,335 @@
+"""The evaluation cascade: static screen, compile, correctness, timing, re-validation.
+
+The supervisor (this module) draws every input from a secret per-run seed, keeps the reference
+outputs in its own process, compares what the candidate's worker sends back and times both
+sides with the same procedure, cross-checked against its own clock. Expected failures become
+verdicts; only a broken task (ReferenceFailed) or a bug in kernelwright raises.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+import secrets
+import time
+from typing import Any
+
+import torch
+
+from evaluator import fingerprint, rules, static
+from evaluator.compare import Tolerance, compare, degenerate
+from evaluator.inputs import TRANSFORMS, derive_seed, make_inputs
+from evaluator.reference import ReferenceSession, decode_outputs, encode_args, timing_from_meta
+from evaluator.verdict import Status, Timing, Trial, Verdict
+from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
+from sandbox.protocol import ProtocolError, TensorInfo, unpack_tree
+from tasks.spec import Task
+
+
+@dataclasses.dataclass(frozen=True)
+class TimingConfig:
+    warmup: int = 3
+    min_iters: int = 10
+    max_iters: int = 200
+    target_s: float = 0.5
+    early_iters: int = 5  # a candidate slower than `slow_ms` after this many calls stops early
+    checksum_checks: int = 2  # timed iterations re-checked against the reference, besides the last
+    reference_max_age_s: float = 900.0  # re-time the reference after this, to follow drift
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    device: str = "cpu"
+    timeout_s: float = 120.0
+    reference_timeout_s: float = 300.0
+    transforms: tuple[str, ...] = TRANSFORMS  # one correctness trial each, on the default shape
+    timing: TimingConfig = TimingConfig()
+    policy: rules.Policy = rules.Policy()
+    seed: int | None = None  # None: a secret random seed for this evaluator
+
+
+class _Fail(Exception):
+    def __init__(self, status: Status, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class Evaluator:
+    """Evaluates candidates against tasks; holds reference sessions for reuse across candidates."""
+
+    def __init__(self, sandbox: ProcessSandbox, cfg: EvalConfig):
+        self.sandbox, self.cfg = sandbox, cfg
+        self.seed = cfg.seed if cfg.seed is not None else secrets.randbits(62)
+        self._refs: dict[str, ReferenceSession] = {}
+        self._modules: dict[str, Any] = {}
+        self._task_flags: dict[str, list[str]] = {}
+        self._host = fingerprint.host(cfg.device, sandbox.cfg.threads)
+
+    # --- reference side ---------------------------------------------------------------
+    def reference(self, task: Task) -> ReferenceSession:
+        ref = self._refs.get(task.source_hash)
+        if ref is None:
+            ref = ReferenceSession(self.sandbox, task, self.cfg.reference_timeout_s)
+            self._refs[task.source_hash] = ref
+            ref.start(self._init_seed(task))
+        return ref
+
+    def module(self, task: Task) -> Any:
+        if task.source_hash not in self._modules:
+            self._modules[task.source_hash] = task.load_module()
+        return self._modules[task.source_hash]
+
+    def fingerprint(self, task: Task) -> dict[str, Any]:
+        return fingerprint.with_device(self._host, self.reference(task).device_info)
+
+    def _init_seed(self, task: Task) -> int:
+        return derive_seed(self.seed, task.source_hash, "init") % (2**31)
+
+    def _plan(self, task: Task) -> list[tuple[str, dict | None, int, str]]:
+        plan = [(f"default/{t}", None, derive_seed(self.seed, task.source_hash, "trial", t), t)
+                for t in self.cfg.transforms if t == "none" or task.meta.input_transforms]
+        for i, v in enumerate(task.meta.variants):
+            plan.append((f"variant{i}", v, derive_seed(self.seed, task.source_hash, "variant", i), "none"))
+        return plan
+
+    def _timing_params(self, task: Task) -> dict[str, Any]:
+        t = self.cfg.timing
+        return {"seed": derive_seed(self.seed, task.source_hash, "timing"), "warmup": t.warmup,
+                "min_iters": t.min_iters, "max_iters": t.max_iters, "target_s": t.target_s,
+                "early_iters": t.early_iters}
+
+    def close(self) -> None:
+        for ref in self._refs.values():
+            ref.close()
+        self._refs.clear()
+
+    # --- candidate side ---------------------------------------------------------------
+    def evaluate(self, task: Task, source: str, slow_ms: float | None = None) -> Verdict:
+        t0 = time.monotonic()
+        try:
+            findings = static.screen(source)
+        except SyntaxError as e:
+            return Verdict(Status.COMPILE_ERROR, f"syntax error at line {e.lineno}: {e.msg}")
+        if not static.defines_modelnew(source):
+            return Verdict(Status.COMPILE_ERROR, "the candidate defines no class ModelNew")
+        if self.cfg.policy.static_screen and findings:
+            return Verdict(Status.REJECTED, str(findings[0]), flags=tuple(str(f) for f in findings[1:]))
+        stages = {"static": time.monotonic() - t0}
+        ref = self.reference(task)
+        fp = self.fingerprint(task)
+        worker = self.sandbox.spawn(self.cfg.timeout_s + 30, files={"task.py": task.source, "candidate.py": source})
+        run = _CandidateRun(self, task, ref, worker, static.kernel_names(source), time.monotonic() + self.cfg.timeout_s)
+        try:
+            run.go(slow_ms)
+            status, reason = Status.OK, ""
+        except _Fail as f:
+            status, reason = f.status, f.reason
+        except WorkerTimeout:
+            status, reason = Status.TIMEOUT, f"no result within the {self.cfg.timeout_s:g} s limit"
+        except WorkerDied as e:
+            status, reason = Status.RUNTIME_ERROR, str(e)
+        except WorkerError as e:
+            status, reason = Status.RUNTIME_ERROR, str(e.meta.get("message", e))
+            run.log = str(e.meta.get("traceback", ""))[-4000:] + "\n" + run.log
+        finally:
+            log = worker.log_tail()
+            worker.close()
+        stages.update(run.stages)
+        stages["total"] = time.monotonic() - t0
+        flags = [f"sandbox: {n}" for n in worker.notes] + self._task_flags.get(task.source_hash, []) + run.flags
+        return Verdict(status=status, reason=reason, trials=tuple(run.trials),
+                       candidate=run.timing if status is Status.OK else None,
+                       reference=run.ref_timing if status is Status.OK else None,
+                       flags=tuple(flags), fingerprint=fp, stages=stages, log=(run.log + log)[-8000:])
+
+
+class _CandidateRun:
+    """One candidate's trip through the cascade; raises _Fail (or a worker error) to stop."""
+
+    def __init__(self, ev: Evaluator, task: Task, ref: ReferenceSession, worker: Worker,
+                 kernel_names: set[str], deadline: float):
+        self.ev, self.task, self.ref, self.w = ev, task, ref, worker
+        self.kernel_names, self.deadline = kernel_names, deadline
+        self.tol = Tolerance(task.meta.atol, task.meta.rtol)
+        self.device = ev.cfg.device
+        self.init_seed = ev._init_seed(task)
+        self.trials: list[Trial] = []
+        self.flags: list[str] = []
+        self.stages: dict[str, float] = {}
+        self.log = ""
+        self.timing: Timing | None = None
+        self.ref_timing: Timing | None = None
+        self._variant: Any = "unset"
+
+    def call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
+        return self.w.call(kind, meta, tensors, deadline=self.deadline)
+
+    def go(self, slow_ms: float | None) -> None:
+        t = time.monotonic()
+        self.load()
+        self.stages["compile"] = time.monotonic() - t
+        t = time.monotonic()
+        first = self.correctness()
+        self.stages["correctness"] = time.monotonic() - t
+        t = time.monotonic()
+        self.time(slow_ms)
+        self.stages["timing"] = time.monotonic() - t
+        self.final_check(first)
+
+    def load(self) -> None:
+        _, hello, _ = self.w.receive(self.deadline)
+        self.w.notes = [str(n) for n in hello.get("notes", [])][:10]
+        try:
+            self.call("load", {"candidate": True})
+        except WorkerError as e:
+            failed = [b for b in self.w.builds if not b.ok]
+            if failed or e.error_class == "compile_error":
+                self.log = failed[-1].log if failed else str(e.meta.get("log") or e.meta.get("message", ""))
+                first = next((ln for ln in self.log.splitlines() if "error" in ln), self.log.strip()[:200])
+                raise _Fail(Status.COMPILE_ERROR, f"compile failed: {first.strip()[:300]}") from None
+            raise
+        if any(not b.ok for b in self.w.builds):
+            self.flags.append("a kernel build failed, yet the candidate loaded")
+
+    def init(self, variant: dict | None) -> None:
+        key = repr(variant)
+        if self._variant != key:
+            self.call("init", {"variant": variant, "seed": self.init_seed})
+            self._variant = key
+
+    def checked_run(self, args: list[Any], name: str) -> Any:
+        tree, tensors = encode_args(args)
+        _, meta, out = self.call("run", {"inputs": tree, "checks": True}, tensors)
+        try:
+            got, after = decode_outputs(meta, out)
+        except ProtocolError as e:
+            raise WorkerDied(f"protocol violation: {e}") from None
+        reason = rules.check_call(meta.get("report", {}), self.ev.cfg.policy, self.kernel_names)
+        if reason:
+            raise _Fail(Status.REJECTED, f"{reason} [{name}]")
+        sent = [a for a in args if isinstance(a, torch.Tensor)]
+        if len(after) != len(sent) or not all(_same_bytes(a, b) for a, b in zip(after, sent)):
+            raise _Fail(Status.REJECTED, f"inputs_mutated: forward changed its input tensors [{name}]")
+        if meta.get("report", {}).get("native_threads_added", 0) > 0 and self.trials:
+            self.flags.append("thread_growth: native threads kept appearing after the first call")
+        return got
+
+    def correctness(self) -> tuple[list[Any], Any]:
+        module = self.ev.module(self.task)
+        first: tuple[list[Any], Any] | None = None
+        wants: dict[str, Any] = {}
+        for name, variant, seed, transform in self.ev._plan(self.task):
+            self.init(variant)
+            args = make_inputs(module, seed, variant, transform)
+            want = self.ref.outputs(args, name, variant, self.init_seed)
+            wants[name] = want
+            got = self.checked_run(args, name)
+            ok, errors, note = compare(got, want, self.tol, self.device)
+            self.trials.append(Trial(name, ok, tuple(errors), note))
+            if not ok:
+                raise _Fail(Status.INCORRECT, f"{name}: {note}")
+            if first is None:
+                first = (args, got)
+        self._degenerate_flags(wants)
+        assert first is not None
+        self.init(None)
+        again = self.checked_run(first[0], "determinism")
+        ok, errors, note = compare(again, first[1], self.tol, self.device)
+        self.trials.append(Trial("determinism", ok, tuple(errors), note))
+        if not ok:
+            raise _Fail(Status.INCORRECT, f"nondeterministic: two runs on the same input disagree ({note})")
+        return first
+
+    def _degenerate_flags(self, wants: dict[str, Any]) -> None:
+        key = self.task.source_hash
+        if key not in self.ev._task_flags:
+            outs = list(wants.values())
+            self.ev._task_flags[key] = degenerate(outs[0], outs[1], self.tol) if len(outs) > 1 else []
+
+    def time(self, slow_ms: float | None) -> None:
+        params = self.ev._timing_params(self.task)
+        self.ref_timing = self.ref.timing(params, None, self.init_seed, self.ev.cfg.timing.reference_max_age_s)
+        self.init(None)
+        t0 = time.perf_counter()
+        _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
+        self.timing = cand = timing_from_meta(meta, (time.perf_counter() - t0) * 1e3)
+        if not cand.samples_ms:
+            raise _Fail(Status.RUNTIME_ERROR, "the timing loop returned no samples")
+        ref = self.ref_timing
+        hidden = cand.overhead_ms - ref.overhead_ms
+        if hidden > max(1.0, 0.5 * cand.median_ms + 0.5 * ref.overhead_ms):
+            raise _Fail(Status.REJECTED, f"timing_mismatch: {hidden:.2f} ms per call passed outside the reported "
+                        f"timings (reported median {cand.median_ms:.3f} ms); the clock was fooled or work escaped the call")
+        every = list(cand.warmup_ms) + list(cand.samples_ms)
+        if len(every) >= 8 and max(every) > 0.5 * sum(every) and max(every) > 20 * cand.median_ms:
+            raise _Fail(Status.REJECTED, f"batch_and_skip: one call took {max(every):.2f} ms of "
+                        f"{sum(every):.2f} ms in all (median {cand.median_ms:.3f} ms)")
+        synced = sorted(float(x) for x in meta.get("synced_ms", []))
+        if self.device == "cuda" and synced:
+            s_med = synced[len(synced) // 2]
+            if s_med > 1.5 * cand.median_ms + 0.05:
+                raise _Fail(Status.REJECTED, f"hidden_stream_work: {s_med:.3f} ms with a device-wide sync against "
+                            f"{cand.median_ms:.3f} ms on the timed stream")
+        self.validate_timed(meta, out, params)
+        speedup = ref.median_ms / cand.median_ms if cand.median_ms > 0 else float("inf")
+        if speedup > self.ev.cfg.policy.suspicious_speedup:
+            self.flags.append(f"suspicious_speedup: {speedup:.1f}x is above {self.ev.cfg.policy.suspicious_speedup:g}x; "
+                              "confirm with a second measurement before trusting it")
+        if cand.early_exit:
+            self.flags.append(f"early_exit: stopped after {len(cand.samples_ms)} calls, clearly slower than the best")
+
+    def validate_timed(self, meta: dict[str, Any], out: list[Any], params: dict[str, Any]) -> None:
+        """Outputs produced during timing must be right: the last in full, others by checksum."""
+        last = int(meta.get("last_index", -1))
+        try:
+            got = unpack_tree(meta["tree"], out)
+        except (ProtocolError, KeyError):
+            raise _Fail(Status.INCORRECT, "post-timing: no usable output from the timing loop") from None
+        want = self.ref.seeded(derive_seed(params["seed"], last), None, self.init_seed)
+        ok, errors, note = compare(got, want, self.tol, self.device)
+        self.trials.append(Trial("timed/last", ok, tuple(errors), note))
+        if not ok:
+            raise _Fail(Status.INCORRECT, f"post-timing: the last timed output is wrong ({note})")
+        sums = meta.get("checksums", [])
+        rng = random.Random(derive_seed(self.ev.seed, "checksums", self.task.source_hash))
+        picks = rng.sample(range(max(0, len(sums) - 1)), min(self.ev.cfg.timing.checksum_checks, max(0, len(sums) - 1)))
+        for i in picks:
+            want_i = self.ref.seeded(derive_seed(params["seed"], i), None, self.init_seed)
+            if not _checksums_match(sums[i], want_i, self.tol):
+                self.trials.append(Trial(f"timed/{i}", False, (), "checksum differs from the reference"))
+                raise _Fail(Status.INCORRECT, f"post-timing: the output of timed call {i} does not match the reference")
+
+    def final_check(self, first: tuple[list[Any], Any]) -> None:
+        """New inputs after timing: a kernel that is right first and wrong later is caught here."""
+        module = self.ev.module(self.task)
+        args = make_inputs(module, derive_seed(self.ev.seed, self.task.source_hash, "final"), None, "none")
+        want = self.ref.outputs(args, "final", None, self.init_seed)
+        got = self.checked_run(args, "final")
+        ok, errors, note = compare(got, want, self.tol, self.device)
+        self.trials.append(Trial("final", ok, tuple(errors), note))
+        if not ok:
+            raise _Fail(Status.INCORRECT, f"final: wrong after the timing loop ({note})")
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.numel() == 0:
+        return True
+    return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+
+
+def _checksums_match(claimed: Any, want: Any, tol: Tolerance) -> bool:
+    from evaluator.compare import flatten
+
+    tensors = [w.tensor for w in flatten(want) if isinstance(w, TensorInfo)]
+    if not isinstance(claimed, list) or len(claimed) != len(tensors):
+        return False
+    for (s, a), t in zip(claimed, tensors):
+        if not t.numel():
+            continue
+        atol, rtol = tol.for_dtype(t.dtype)
+        ws, wa = float(t.double().sum()), float(t.double().abs().sum())
+        slack = atol * t.numel() + rtol * wa + 1e-9
+        if abs(float(s) - ws) > slack or abs(float(a) - wa) > slack:
+            return False
+    return True

@@ -1,0 +1,315 @@
+"""The measuring instrument that runs inside a worker, next to the model it measures.
+
+It loads the task (and, for a candidate, its ModelNew), runs calls with instrumentation and
+times them, and reports raw facts: outputs, the aten ops a call dispatched, kernel launches,
+threads, guard bands, timings. It decides nothing; the supervisor does. Clocks are captured
+at import, before any candidate code can patch them.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from evaluator import inputs as inputs_mod
+from sandbox import fastpath
+from sandbox.protocol import pack_tree
+from sandbox.worker import CompileFailure
+from tasks.spec import apply_variant, import_file
+
+_clock_ns = time.perf_counter_ns
+_GUARD_BYTES = 4096
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops.add(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+def warm_up() -> None:
+    """Called once in the fork server: pays torch's lazy imports for dispatch modes. One-element
+    ops never start a thread pool, so forks stay clean (and no CUDA is touched)."""
+    with torch.no_grad(), _OpRecorder():
+        torch.ones(1).add(1)
+
+
+class _CountingModule:
+    """Wraps a load_inline module so that calls into it are counted (ghost-kernel check)."""
+
+    def __init__(self, module: Any, counter: collections.Counter):
+        self._module, self._counter = module, counter
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._module, name)
+        if not callable(attr):
+            return attr
+        counter = self._counter
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            counter[name] += 1
+            return attr(*args, **kwargs)
+
+        return call
+
+
+def _native_threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _checksum(value: Any) -> list[list[float]]:
+    out: list[Any] = []
+    pack_tree(value, out)
+    return [[float(t.detach().double().sum()), float(t.detach().double().abs().sum())]
+            if t.numel() else [0.0, 0.0] for t in out]
+
+
+class Probe:
+    def __init__(self, rpc: Any, args: dict[str, Any]):
+        self.device = torch.device(args.get("device", "cpu"))
+        torch.set_num_threads(int(args.get("threads", 1)))
+        torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, on both sides
+        torch.backends.cudnn.allow_tf32 = False
+        self.task: Any = None
+        self.cls: Any = None
+        self.model: Any = None
+        self.inline_calls: collections.Counter[str] = collections.Counter()
+        self.flush: Any = None
+
+    # --- load and build ---------------------------------------------------------------
+    def do_load(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        self.task = import_file(Path("task.py").resolve(), "kw_task")
+        if meta.get("candidate"):
+            self._patch_cpp_extension()
+            module = import_file(Path("candidate.py").resolve(), "kw_candidate")
+            self.cls = getattr(module, "ModelNew")
+        else:
+            self.cls = self.task.Model
+        return "loaded", {"device": self._device_info()}, []
+
+    def _patch_cpp_extension(self) -> None:
+        import torch.utils.cpp_extension as ce
+
+        original, counter = ce.load_inline, self.inline_calls
+
+        def load_inline(name: str, cpp_sources: Any, cuda_sources: Any = None, functions: Any = None,
+                        **kwargs: Any) -> Any:
+            key = hashlib.sha256(repr((name, cpp_sources, cuda_sources, functions,
+                                       sorted((k, repr(v)) for k, v in kwargs.items()))).encode()).hexdigest()
+            build_dir = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / f"{name}_{key[:16]}"
+            build_dir.mkdir(parents=True, exist_ok=True)
+            kwargs["build_directory"] = str(build_dir)
+            try:
+                module = original(name, cpp_sources, cuda_sources, functions, **kwargs)
+            except Exception as e:  # the build log is in the message
+                raise CompileFailure(str(e)) from None
+            return _CountingModule(module, counter)
+
+        ce.load_inline = load_inline
+
+    def _device_info(self) -> dict[str, Any]:
+        if self.device.type != "cuda":
+            return {}
+        p = torch.cuda.get_device_properties(self.device)
+        import importlib.metadata as md
+
+        try:
+            triton = md.version("triton")
+        except md.PackageNotFoundError:
+            triton = None
+        return {"gpu": p.name, "capability": f"{p.major}.{p.minor}", "sm_count": p.multi_processor_count,
+                "gpu_memory": p.total_memory, "cuda": torch.version.cuda, "triton": triton}
+
+    # --- construct ----------------------------------------------------------------------
+    def do_init(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        variant = meta.get("variant")
+        old = apply_variant(self.task, variant)
+        try:
+            init_args = inputs_mod.make_init_inputs(self.task)
+            torch.manual_seed(int(meta["seed"]))
+            model = self.cls(*init_args)
+        finally:
+            apply_variant(self.task, old)
+        self.model = model.to(self.device) if hasattr(model, "to") else model
+        if hasattr(self.model, "eval"):
+            self.model.eval()
+        return "ready", {}, []
+
+    # --- one call, fully instrumented ---------------------------------------------------
+    def do_run(self, meta: dict[str, Any], tensors: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        args = [tensors[a["t"]] if isinstance(a, dict) and "t" in a else a["scalar"] for a in meta["inputs"]]
+        return self._run(args, bool(meta.get("checks", True)))
+
+    def do_run_seeded(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        args = inputs_mod.make_inputs(self.task, int(meta["seed"]), meta.get("variant"))
+        return self._run(args, False)
+
+    def _run(self, args: list[Any], checks: bool) -> tuple[str, dict[str, Any], list[Any]]:
+        args = [a.to(self.device) if isinstance(a, torch.Tensor) else a for a in args]
+        guards = []
+        if checks and self.device.type == "cpu":
+            args, guards = _guarded(args)
+        report: dict[str, Any] = {}
+        py0, os0 = threading.active_count(), _native_threads()
+        launches0, inline0 = sum(fastpath.launches().values()), sum(self.inline_calls.values())
+        recorder = _OpRecorder() if checks else contextlib.nullcontext()
+        profiler = self._profiler() if checks and self.device.type == "cuda" else contextlib.nullcontext()
+        with torch.no_grad(), profiler as prof:
+            with recorder:
+                out = self.model(*args)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+        # snapshot at once: a thread still writing after return must not get the chance
+        sent: list[Any] = []
+        tree = pack_tree(out, sent)
+        plain = [type(t) is torch.Tensor for t in sent]
+        snap = [t.detach().clone() for t in sent]
+        if checks:
+            report["aten_ops"] = sorted(recorder.ops)
+            report["kernel_calls"] = (sum(fastpath.launches().values()) - launches0
+                                      + sum(self.inline_calls.values()) - inline0)
+            report["python_threads_added"] = threading.active_count() - py0
+            report["native_threads_added"] = _native_threads() - os0
+            report["guard_violations"] = [i for i, g in guards if not g()]
+            report["aliases"] = _aliases(sent, args)
+            report["plain"] = plain
+            if prof is not None:
+                report["gpu_kernels"] = sorted({e.name for e in prof.events() if e.device_type.name == "CUDA"})
+        inputs_after: list[Any] = [a for a in args if isinstance(a, torch.Tensor)] if checks else []
+        return "outputs", {"tree": tree, "report": report, "n_outputs": len(snap)}, snap + inputs_after
+
+    def _profiler(self) -> Any:
+        from torch.profiler import ProfilerActivity, profile
+
+        return profile(activities=[ProfilerActivity.CUDA])
+
+    # --- timing -------------------------------------------------------------------------
+    def do_time(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        seed, variant = int(meta["seed"]), meta.get("variant")
+        warmup, min_iters, max_iters = int(meta["warmup"]), int(meta["min_iters"]), int(meta["max_iters"])
+        target_ns, slow_ms = float(meta["target_s"]) * 1e9, meta.get("slow_ms")
+        early_iters = int(meta.get("early_iters", 5))
+        cuda = self.device.type == "cuda"
+        timer = _CudaTimer(self.device) if cuda else None
+        samples, synced, sums, warm = [], [], [], []
+        out, i, early, spent = None, -warmup, False, 0.0
+        while True:
+            args = [a.to(self.device) if isinstance(a, torch.Tensor) else a
+                    for a in inputs_mod.make_inputs(self.task, inputs_mod.derive_seed(seed, i), variant)]
+            with torch.no_grad():
+                if timer:
+                    ms, ms_synced, out = timer.time(self.model, args)
+                else:
+                    t0 = _clock_ns()
+                    out = self.model(*args)
+                    ms = ms_synced = (_clock_ns() - t0) / 1e6
+            if i < 0:
+                warm.append(ms)
+            else:
+                samples.append(ms)
+                synced.append(ms_synced)
+                sums.append(_checksum(out))
+                spent += ms * 1e6
+            i += 1
+            if i >= max_iters or (i >= min_iters and spent >= target_ns):
+                break
+            if slow_ms is not None and i == early_iters and sorted(samples)[len(samples) // 2] > float(slow_ms):
+                early = True
+                break
+        sent: list[Any] = []
+        tree = pack_tree(out, sent)
+        return "timed", {"samples_ms": samples, "warmup_ms": warm, "synced_ms": synced, "checksums": sums,
+                         "last_index": i - 1, "tree": tree, "early_exit": early}, sent
+
+
+class _CudaTimer:
+    """Events around one call, after an L2 flush; a second end event after a device-wide
+    synchronize exposes work hidden on other streams."""
+
+    def __init__(self, device: torch.device):
+        props = torch.cuda.get_device_properties(device)
+        l2 = getattr(props, "L2_cache_size", 50 << 20) or (50 << 20)
+        self.flush = torch.empty(2 * l2 // 4, dtype=torch.float32, device=device)
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+        self.reset_l2 = _persisting_l2_reset()
+
+    def time(self, model: Any, args: list[Any]) -> tuple[float, float, Any]:
+        if self.reset_l2:
+            self.reset_l2()
+        self.flush.zero_()
+        torch.cuda.synchronize()
+        start, end, end_synced = self.events
+        start.record()
+        out = model(*args)
+        end.record()
+        torch.cuda.synchronize()
+        end_synced.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end), start.elapsed_time(end_synced), out
+
+
+def _persisting_l2_reset() -> Any:
+    import ctypes
+
+    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12"):
+        try:
+            fn = ctypes.CDLL(name).cudaCtxResetPersistingL2Cache
+            return lambda: fn()
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+def _guarded(args: list[Any]) -> tuple[list[Any], list[tuple[int, Any]]]:
+    """Place each input tensor between two guard bands; a check reports any write into them."""
+    out, checks = [], []
+    for i, a in enumerate(args):
+        if not isinstance(a, torch.Tensor) or a.numel() == 0:
+            out.append(a)
+            continue
+        pad = max(1, _GUARD_BYTES // a.element_size())
+        buf = torch.empty(a.numel() + 2 * pad, dtype=a.dtype, device=a.device)
+        buf.view(torch.uint8).fill_(0xA5)
+        view = buf[pad:pad + a.numel()].view(a.shape)
+        view.copy_(a)
+        head, tail = buf[:pad].clone(), buf[pad + a.numel():].clone()
+
+        def ok(buf=buf, pad=pad, n=a.numel(), head=head, tail=tail) -> bool:
+            return bool(torch.equal(buf[:pad].view(torch.uint8), head.view(torch.uint8))
+                        and torch.equal(buf[pad + n:].view(torch.uint8), tail.view(torch.uint8)))
+
+        out.append(view)
+        checks.append((i, ok))
+    return out, checks
+
+
+def _aliases(outputs: list[Any], args: list[Any]) -> list[int]:
+    spans = []
+    for a in args:
+        if isinstance(a, torch.Tensor) and a.numel():
+            s = a.untyped_storage()
+            spans.append((s.data_ptr(), s.data_ptr() + s.nbytes()))
+    found = []
+    for i, t in enumerate(outputs):
+        if t.numel() == 0:
+            continue
+        lo = t.data_ptr()
+        hi = lo + t.numel() * t.element_size()
+        if any(lo < b and a < hi for a, b in spans):
+            found.append(i)
+    return found

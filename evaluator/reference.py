@@ -1,0 +1,108 @@
+"""The reference side of an evaluation: PyTorch's Model in its own clean worker.
+
+Reference outputs and the reference timing are computed once per task, device and run and
+then reused by every candidate; the candidate's process never sees them.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from evaluator.verdict import Timing
+from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
+from sandbox.protocol import pack_tree, unpack_tree
+from tasks.spec import Task
+
+
+class ReferenceFailed(RuntimeError):
+    """The task's own Model failed: the task is broken, not the candidate."""
+
+
+def encode_args(args: list[Any]) -> tuple[list[dict[str, Any]], list[Any]]:
+    tensors: list[Any] = []
+    return [pack_tree(a, tensors) for a in args], tensors
+
+
+def decode_outputs(meta: dict[str, Any], tensors: list[Any]) -> tuple[Any, list[Any]]:
+    """(output value, tensors after the outputs: the inputs as the call left them)."""
+    n = int(meta.get("n_outputs", len(tensors)))
+    return unpack_tree(meta["tree"], tensors[:n]), tensors[n:]
+
+
+class ReferenceSession:
+    def __init__(self, sandbox: ProcessSandbox, task: Task, timeout_s: float):
+        self.task, self.timeout_s = task, timeout_s
+        self.worker: Worker | None = None
+        self.sandbox = sandbox
+        self.device_info: dict[str, Any] = {}
+        self._variant: Any = "unset"
+        self._outputs: dict[Any, Any] = {}
+        self._timing: dict[Any, Timing] = {}
+        self.timed_at = 0.0
+
+    def _call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
+        if self.worker is None:
+            self.worker = self.sandbox.spawn(self.timeout_s * 4, files={"task.py": self.task.source})
+            deadline = time.monotonic() + self.timeout_s
+            try:
+                self.worker.receive(deadline)  # hello
+                _, loaded, _ = self.worker.call("load", {"candidate": False}, deadline=deadline)
+            except (WorkerDied, WorkerTimeout, WorkerError) as e:
+                raise ReferenceFailed(f"the reference Model failed to load: {e}") from None
+            self.device_info = loaded.get("device", {})
+        try:
+            return self.worker.call(kind, meta, tensors, deadline=time.monotonic() + self.timeout_s)
+        except (WorkerDied, WorkerTimeout, WorkerError) as e:
+            tail = self.worker.log_tail(800).strip()
+            raise ReferenceFailed(f"the reference Model failed ({kind}): {e}" + (f"\n{tail}" if tail else "")) from None
+
+    def start(self, init_seed: int) -> dict[str, Any]:
+        """Start the worker and build the default-shape Model; returns the device info."""
+        self._init(None, init_seed)
+        return self.device_info
+
+    def _init(self, variant: dict | None, seed: int) -> None:
+        key = (repr(variant), seed)
+        if self._variant != key:
+            self._call("init", {"variant": variant, "seed": seed})
+            self._variant = key
+
+    def outputs(self, args: list[Any], key: Any, variant: dict | None, init_seed: int) -> Any:
+        if key not in self._outputs:
+            self._init(variant, init_seed)
+            tree, tensors = encode_args(args)
+            _, meta, out = self._call("run", {"inputs": tree, "checks": False}, tensors)
+            self._outputs[key] = decode_outputs(meta, out)[0]
+        return self._outputs[key]
+
+    def seeded(self, seed: int, variant: dict | None, init_seed: int) -> Any:
+        self._init(variant, init_seed)
+        _, meta, out = self._call("run_seeded", {"seed": seed, "variant": variant})
+        return decode_outputs(meta, out)[0]
+
+    def timing(self, params: dict[str, Any], variant: dict | None, init_seed: int, max_age_s: float) -> Timing:
+        key = repr(sorted(params.items()))
+        cached = self._timing.get(key)
+        if cached is not None and time.monotonic() - self.timed_at < max_age_s:
+            return cached
+        self._init(variant, init_seed)
+        t0 = time.perf_counter()
+        _, meta, _ = self._call("time", params)
+        timing = timing_from_meta(meta, (time.perf_counter() - t0) * 1e3)
+        self._timing[key] = timing
+        self.timed_at = time.monotonic()
+        return timing
+
+    def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+
+def timing_from_meta(meta: dict[str, Any], wall_ms: float) -> Timing:
+    """Timing from a worker's raw samples and the supervisor's own clock around the phase."""
+    samples = [float(x) for x in meta["samples_ms"]]
+    warm = [float(x) for x in meta.get("warmup_ms", [])]
+    n = max(1, len(samples) + len(warm))
+    overhead = (wall_ms - sum(samples) - sum(warm)) / n
+    return Timing.from_samples(samples, wall_ms, bool(meta.get("early_exit")), overhead, warm)

@@ -1,0 +1,298 @@
+"""The process sandbox, supervisor side: start workers from the fork server, talk to them, end them.
+
+A worker lives for one evaluation (or one reference session). Everything about it that the
+verdict depends on is read here from sources the worker cannot forge: the exit status comes
+from its pid-1 parent, the clock is the supervisor's, builds are done by the supervisor.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sandbox import env as envmod
+from sandbox import protocol
+from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
+from sandbox.limits import Cgroup, total_memory
+
+
+@dataclasses.dataclass(frozen=True)
+class SandboxConfig:
+    cache_dir: Path
+    root: Path = Path(tempfile.gettempdir()) / "kernelwright"
+    memory_bytes: int | None = None  # None: half of this machine's memory
+    max_pids: int = 512
+    max_file_bytes: int = 4 << 30
+    threads: int = os.cpu_count() or 1
+    isolate: bool = True  # namespaces (network, pid, read-only mounts) where the OS allows
+    device: str = "cpu"
+    compile_timeout_s: float = 120.0
+    handler: str = "evaluator.probe:Probe"
+    warm_modules: tuple[str, ...] = ("torch", "evaluator.probe")
+
+    @property
+    def memory_limit(self) -> int:
+        return self.memory_bytes or total_memory() // 2
+
+    @property
+    def compiler(self) -> CompilerConfig:
+        return CompilerConfig(cache_dir=self.cache_dir / "fastpath", timeout_s=self.compile_timeout_s)
+
+
+class WorkerDied(RuntimeError):
+    """The worker is gone (crash, kill, exit) before answering."""
+
+
+class WorkerTimeout(RuntimeError):
+    pass
+
+
+class WorkerError(RuntimeError):
+    """The worker answered with an error (an exception in candidate or task code)."""
+
+    def __init__(self, meta: dict[str, Any]):
+        super().__init__(str(meta.get("message", "error")))
+        self.meta = meta
+
+    @property
+    def error_class(self) -> str:
+        return str(self.meta.get("class", "runtime_error"))
+
+
+class Worker:
+    def __init__(self, sandbox: "ProcessSandbox", sock: socket.socket, status_r: int, pid: int,
+                 workdir: Path, log_path: Path, cgroup: Cgroup | None):
+        self.sandbox, self.sock, self.status_r, self.pid = sandbox, sock, status_r, pid
+        self.workdir, self.log_path, self.cgroup = workdir, log_path, cgroup
+        self.builds: list[BuildResult] = []
+        self.notes: list[str] = []
+        self._wait_status: int | None = None
+        self._closed = False
+
+    # --- messages ---
+    def call(self, kind: str, meta: dict[str, Any] | None = None, tensors: list[Any] | tuple = (),
+             deadline: float | None = None) -> tuple[str, dict[str, Any], list[Any]]:
+        """Send a request and wait for its answer, serving build requests meanwhile."""
+        try:
+            protocol.send(self.sock, kind, meta, tensors)
+        except OSError:
+            raise WorkerDied(self.describe_exit()) from None
+        return self.receive(deadline)
+
+    def receive(self, deadline: float | None) -> tuple[str, dict[str, Any], list[Any]]:
+        while True:
+            try:
+                kind, meta, tensors = protocol.recv(self.sock, deadline)
+            except protocol.Deadline:
+                raise WorkerTimeout("no answer before the deadline") from None
+            except protocol.PeerClosed:
+                raise WorkerDied(self.describe_exit()) from None
+            except (protocol.ProtocolError, OSError) as e:
+                raise WorkerDied(f"protocol violation: {e}") from None
+            if kind == "compile":
+                self._serve_build(meta)
+                continue
+            if kind == "error":
+                raise WorkerError(meta)
+            return kind, meta, tensors
+
+    def _serve_build(self, meta: dict[str, Any]) -> None:
+        try:
+            spec = CompileSpec(source=str(meta["source"]), lang=str(meta["lang"]),
+                               flags=tuple(str(f) for f in meta.get("flags", [])),
+                               defines=tuple((str(k), str(v)) for k, v in meta.get("defines", [])),
+                               arch=meta.get("arch"))
+            bad = [f for f in spec.flags if not _safe_flag(f)]
+            if bad:
+                result = BuildResult(False, "", f"compiler flag not allowed: {bad[0]}", 0.0, False, "")
+            else:
+                result = self.sandbox.build(spec)
+        except (KeyError, TypeError, ValueError) as e:
+            result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
+        self.builds.append(result)
+        try:
+            protocol.send(self.sock, "compiled", dataclasses.asdict(result))
+        except OSError:
+            pass
+
+    # --- end of life ---
+    def wait_status(self, timeout: float = 2.0) -> int | None:
+        """The worker's wait status as its pid-1 parent saw it (None if unknown yet)."""
+        if self._wait_status is None:
+            ready, _, _ = select.select([self.status_r], [], [], timeout)
+            if ready:
+                try:
+                    data = os.read(self.status_r, 4096)
+                    self._wait_status = int(json.loads(data)["wait_status"]) if data else None
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+        return self._wait_status
+
+    def describe_exit(self) -> str:
+        status = self.wait_status()
+        if status is None:
+            return "the worker died"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            extra = " (memory limit)" if self.cgroup and self.cgroup.memory_exceeded() else ""
+            return f"the worker was killed by {name}{extra}"
+        return f"the worker exited with code {os.WEXITSTATUS(status)} before answering"
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: os.kill(self.pid, signal.SIGKILL)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.cgroup:
+            self.cgroup.kill_all()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            protocol.send(self.sock, "bye")
+        except OSError:
+            pass
+        self.wait_status(timeout=0.5)
+        self.kill()
+        self.sock.close()
+        os.close(self.status_r)
+        if self.cgroup:
+            self.cgroup.remove()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _safe_flag(flag: str) -> bool:
+    """Flags a candidate may pass to the compiler: no output redirection, plugins or specs."""
+    banned = ("-o", "-B", "-wrapper", "-fplugin", "-specs", "--output", "-save-temps", "-M", "@")
+    return not any(flag == b or flag.startswith(b) for b in banned) and "\n" not in flag
+
+
+class ProcessSandbox:
+    """Starts workers as forks of one warm fork server; one per supervisor process."""
+
+    def __init__(self, cfg: SandboxConfig, parent_env: dict[str, str] | None = None):
+        self.cfg = cfg
+        self.parent_env = dict(parent_env if parent_env is not None else os.environ)
+        self._zygote: subprocess.Popen | None = None
+        self._ctrl: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._build_lock = threading.Lock()
+        self.run_dir = cfg.root / f"run-{uuid.uuid4().hex[:10]}"
+
+    def build(self, spec: CompileSpec) -> BuildResult:
+        return build(spec, self.cfg.compiler)
+
+    def _start_zygote(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.cfg.cache_dir / "torch_ext").mkdir(parents=True, exist_ok=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = envmod.worker_env(self.parent_env, str(self.run_dir), self.cfg.threads)
+        zlog = open(self.run_dir / "forkserver.log", "ab")
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [_project_root(), env.get("PYTHONPATH", "")] if p)
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", "sandbox.zygote", str(theirs.fileno()), *self.cfg.warm_modules],
+            pass_fds=[theirs.fileno()], env=env, start_new_session=True, cwd=str(self.run_dir),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=zlog)
+        theirs.close()
+        zlog.close()
+        ours.settimeout(120)
+        try:
+            hello = ours.recv(4096)
+        except socket.timeout:
+            hello = b""
+        if not hello:
+            err = (self.run_dir / "forkserver.log").read_text(errors="replace")
+            raise RuntimeError(f"the fork server failed to start: {err.strip()[-500:]}")
+        ours.settimeout(None)
+        self._ctrl = ours
+
+    def spawn(self, hard_timeout_s: float, handler_args: dict[str, Any] | None = None,
+              files: dict[str, str] | None = None) -> Worker:
+        with self._lock:
+            if self._ctrl is None:
+                self._start_zygote()
+            assert self._ctrl is not None
+            name = uuid.uuid4().hex[:12]
+            workdir = self.run_dir / f"w-{name}"
+            (workdir / "tmp").mkdir(parents=True)
+            for fname, text in (files or {}).items():
+                (workdir / fname).write_text(text)
+            log_path = workdir / "worker.log"
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            status_r, status_w = os.pipe()
+            memory = self.cfg.memory_limit
+            cgroup = Cgroup.create(f"w-{name}", memory + (256 << 20), self.cfg.max_pids) if self.cfg.isolate else None
+            extra = {"KERNELWRIGHT_SANDBOX": "1"}
+            env = envmod.worker_env(self.parent_env, str(workdir), self.cfg.threads, extra)
+            env["TORCH_EXTENSIONS_DIR"] = str(self.cfg.cache_dir / "torch_ext")
+            req = {
+                "workdir": str(workdir), "env": env, "handler": self.cfg.handler,
+                "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads},
+                "memory_bytes": memory if self.cfg.device == "cpu" else None,  # RLIMIT_AS breaks CUDA
+                "max_file_bytes": self.cfg.max_file_bytes, "hard_timeout_s": hard_timeout_s,
+                "cgroup": [str(d) for d in cgroup.dirs] if cgroup else [],
+                "isolate": {"net": self.cfg.isolate, "pid": self.cfg.isolate, "mount": self.cfg.isolate},
+                "writable": [str(workdir), str(self.cfg.cache_dir / "torch_ext")],
+            }
+            try:
+                socket.send_fds(self._ctrl, [json.dumps(req).encode()], [theirs.fileno(), log_fd, status_w])
+                reply = self._ctrl.recv(4096)
+            finally:
+                theirs.close()
+                os.close(log_fd)
+                os.close(status_w)
+            if not reply:
+                raise RuntimeError("the fork server died")
+            pid = int(json.loads(reply)["pid"])
+        return Worker(self, ours, status_r, pid, workdir, log_path, cgroup)
+
+    def close(self) -> None:
+        if self._ctrl is not None:
+            self._ctrl.close()
+            self._ctrl = None
+        if self._zygote is not None:
+            try:
+                self._zygote.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._zygote.kill()
+                self._zygote.wait()
+            self._zygote = None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+    def __enter__(self) -> "ProcessSandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _project_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
