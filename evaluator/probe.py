@@ -107,15 +107,14 @@ class Probe:
 
         original, counter = ce.load_inline, self.inline_calls
 
-        def load_inline(name: str, cpp_sources: Any, cuda_sources: Any = None, functions: Any = None,
-                        **kwargs: Any) -> Any:
-            key = hashlib.sha256(repr((name, cpp_sources, cuda_sources, functions,
-                                       sorted((k, repr(v)) for k, v in kwargs.items()))).encode()).hexdigest()
+        def load_inline(*args: Any, **kwargs: Any) -> Any:
+            key = hashlib.sha256(repr((args, sorted((k, repr(v)) for k, v in kwargs.items()))).encode()).hexdigest()
+            name = str(kwargs.get("name", args[0] if args else "ext"))
             build_dir = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / f"{name}_{key[:16]}"
             build_dir.mkdir(parents=True, exist_ok=True)
             kwargs["build_directory"] = str(build_dir)
             try:
-                module = original(name, cpp_sources, cuda_sources, functions, **kwargs)
+                module = original(*args, **kwargs)
             except Exception as e:  # the build log is in the message
                 raise CompileFailure(str(e)) from None
             return _CountingModule(module, counter)

@@ -91,7 +91,8 @@ def kernel_sources(tree: ast.Module) -> list[tuple[str, int]]:
 
 def kernel_names(source: str) -> set[str]:
     """Names of the GPU kernels a candidate defines (CUDA __global__ functions, Triton jit)."""
-    names = set(re.findall(r"__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?\w+\s+(\w+)\s*\(", source))
+    bounds = r"(?:__launch_bounds__\s*\([^)]*\)\s*)?"
+    names = set(re.findall(rf"__global__\s+{bounds}\w+\s+{bounds}(\w+)\s*\(", source))
     names |= set(re.findall(r"@triton\.jit[^\n]*\n(?:@[^\n]*\n)*\s*def\s+(\w+)", source))
     return names
 
@@ -108,6 +109,8 @@ def screen(source: str) -> list[Finding]:
                 modules.add((a.asname or a.name).split(".")[0])
                 if why := _banned_module(a.name):
                     found.append(Finding("banned_import", f"imports {a.name} ({why})", line))
+                elif INTROSPECTION & set(a.name.split(".")):
+                    found.append(Finding("harness_introspection", f"imports {a.name}", line))
         elif isinstance(node, ast.ImportFrom):
             mod = node.module or ""
             for a in node.names:
@@ -115,7 +118,7 @@ def screen(source: str) -> list[Finding]:
                 full = f"{mod}.{a.name}" if mod else a.name
                 if why := (_banned_module(mod) or _banned_module(full)):
                     found.append(Finding("banned_import", f"imports {full} ({why})", line))
-                elif a.name in INTROSPECTION:
+                elif INTROSPECTION & set(full.split(".")):
                     found.append(Finding("harness_introspection", f"imports {full}", line))
         elif isinstance(node, ast.ClassDef) and node.name == "ModelNew":
             if any(_dotted(b).split(".")[-1] == "Model" for b in node.bases):

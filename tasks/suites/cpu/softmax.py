@@ -5,6 +5,7 @@ KERNELWRIGHT = {
     "suite": "cpu",
     "description": "Row-wise softmax of a (batch, dim) float32 matrix.",
     "variants": [{"batch_size": 7, "dim": 1000}],
+    "seeds": ["seeds/softmax_seed.py"],
 }
 
 batch_size = 256

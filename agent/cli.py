@@ -1,0 +1,143 @@
+"""The `kernelwright` command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from agent.runtime import UserError, cli_errors, evaluator, open_store, options
+
+app = typer.Typer(help="kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+tasks_app = typer.Typer(help="List and check tasks.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+console = Console()
+
+DbOpt = typer.Option(None, "--db", help="Store: SQLite path or SQLAlchemy URL [env KERNELWRIGHT_DB; default kernelwright.db]")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
+TimeoutOpt = typer.Option(None, "--timeout", help="Seconds per candidate [env KERNELWRIGHT_TIMEOUT; default 120]")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object")
+
+
+def read_candidate(path: Path) -> str:
+    from evaluator.static import defines_modelnew
+
+    if not path.is_file():
+        raise UserError(f"candidate file not found: {path}")
+    try:
+        source = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    if not defines_modelnew(source):
+        raise UserError(f"{path} defines no class ModelNew")
+    return source
+
+
+@app.command("eval")
+@cli_errors
+def eval_cmd(
+    task_file: Path = typer.Argument(..., help="KernelBench task file (Model, get_inputs, get_init_inputs)"),
+    candidate_file: Path = typer.Argument(..., help="Candidate file defining ModelNew"),
+    device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Evaluate one candidate against a task, store the result and print the verdict."""
+    from tasks.spec import load_task
+
+    task = load_task(task_file)
+    source = read_candidate(candidate_file)
+    opts = options(db, device, timeout)
+    store = open_store(opts.db)  # opened first: a bad --db fails before any work
+    with evaluator(opts) as ev:
+        verdict = ev.evaluate(task, source)
+    out = verdict.to_json()
+    task_id = store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
+    run_id = store.start_run("eval", {"task": str(task.path), "candidate": str(candidate_file)}, device)
+    candidate_id, evaluation_id = store.record(task_id, source, {**out, "log": verdict.log}, origin="user", run_id=run_id)
+    store.finish_run(run_id, "finished")
+    out.update({"candidate_id": candidate_id, "evaluation_id": evaluation_id, "task": task.name})
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    _print_verdict(out, opts.db)
+
+
+def _print_verdict(v: dict, db: str) -> None:
+    color = {"ok": "green", "incorrect": "red", "rejected": "magenta"}.get(v["status"], "yellow")
+    console.print(f"[bold]{v['task']}[/bold]  status [{color}]{v['status']}[/{color}]"
+                  + (f"  {v['reason']}" if v["reason"] else ""))
+    if v["speedup"] is not None:
+        console.print(f"speedup {v['speedup']:.2f}x  (candidate {v['candidate_ms']:.3f} ms ± {v['candidate_spread_ms']:.3f}, "
+                      f"reference {v['reference_ms']:.3f} ms ± {v['reference_spread_ms']:.3f}, IQR)")
+    trials = v["trials"]
+    if trials:
+        worst = max((e["max_abs"] for t in trials for e in t["errors"]), default=0.0)
+        console.print(f"trials  {sum(t['ok'] for t in trials)}/{len(trials)} passed, max abs error {worst:.3g}")
+    for flag in v["flags"]:
+        console.print(f"[yellow]flag[/yellow]    {flag}")
+    console.print(f"candidate {v['candidate_id']}  (stored in {db})")
+
+
+@tasks_app.command("list")
+@cli_errors
+def tasks_list(suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite"),
+               as_json: bool = JsonOpt) -> None:
+    """List the built-in tasks."""
+    from tasks.registry import suite_tasks, suites
+
+    names = [suite] if suite else suites()
+    rows = [{"suite": s, "task": t.name, "file": str(t.path), "description": t.meta.description,
+             "variants": len(t.meta.variants), "seeds": len(t.meta.seeds)} for s in names for t in suite_tasks(s)]
+    if as_json:
+        typer.echo(json.dumps({"tasks": rows}))
+        return
+    table = Table("suite", "task", "variants", "seeds", "description")
+    for r in rows:
+        table.add_row(r["suite"], r["task"], str(r["variants"]), str(r["seeds"]), r["description"])
+    console.print(table)
+
+
+@tasks_app.command("check")
+@cli_errors
+def tasks_check(task_file: Path = typer.Argument(..., help="Task file to validate"),
+                timeout: Optional[float] = TimeoutOpt, as_json: bool = JsonOpt) -> None:
+    """Validate a task: it imports, the reference runs and is deterministic, cheats would not pass."""
+    from evaluator.taskcheck import check_task
+    from sandbox.process import ProcessSandbox, SandboxConfig
+    from tasks.spec import load_task
+
+    task = load_task(task_file)
+    opts = options(None, "cpu", timeout)
+    cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
+                        threads=opts.threads, isolate=opts.isolate)
+    with ProcessSandbox(cfg) as sb:
+        result = check_task(task, sb, opts.timeout_s)
+    if as_json:
+        typer.echo(json.dumps(result.to_json()))
+    else:
+        console.print(f"[bold]{result.name}[/bold]  {'[green]ok[/green]' if result.ok else '[red]invalid[/red]'}"
+                      + (f"  reference {result.reference_ms:.3f} ms" if result.reference_ms is not None else ""))
+        if result.outputs:
+            console.print("outputs " + ", ".join(result.outputs))
+        for e in result.errors:
+            console.print(f"[red]error[/red]   {e}")
+        for w in result.warnings:
+            console.print(f"[yellow]warning[/yellow] {w}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,236 @@
+"""The Store: everything the rest of kernelwright writes to or asks of the database.
+
+Writes go through `_write()`, one transaction each; on SQLite it holds the write lock
+from BEGIN (see sqlite.py), so check-then-insert cannot race another process. On
+PostgreSQL two writers can still race to insert the same content-addressed row, so
+inserts go through `_insert_once`, which falls back to the row the other writer made.
+"""
+from __future__ import annotations
+
+import string
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, TypeVar
+
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, func, select
+
+from store.db import open_engine
+from store.errors import StoreError, one_line
+from store.models import ORIGINS, RUN_STATUSES, Candidate, Evaluation, Run, Task, utcnow
+from store.rows import (CANDIDATE_ID_LEN, candidate_dict, candidate_id, encode, evaluation_dict, evaluation_row,
+                        iso, run_dict, sha256_hex)
+from store.sqlite import for_writes
+
+MIN_PREFIX = 4
+_Row = TypeVar("_Row", Task, Candidate)
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        """Wrap an engine that open_engine (or migrate) has already brought up to date."""
+        self.engine = engine
+        self._writer = for_writes(engine)
+
+    @classmethod
+    def open(cls, url_or_path: str | None, default_path: Path) -> "Store":
+        return cls(open_engine(url_or_path, default_path))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- writes --------------------------------------------------------------------------
+
+    def upsert_task(self, name: str, suite: str, source: str, path: str | Path) -> int:
+        """The id of the task with this source; a new source is a new task. Name, suite and
+        path follow the latest call (a renamed or moved file is still the same task)."""
+        source_hash = sha256_hex(source)
+
+        def find(s: Session) -> Task | None:
+            return s.exec(select(Task).where(Task.source_hash == source_hash)).first()
+
+        with self._write() as s:
+            task = find(s)
+            if task is None:
+                task = _insert_once(s, Task(name=name, suite=suite, source_hash=source_hash, source=source,
+                                            path=str(path)), find)
+            else:
+                task.name, task.suite, task.path = name, suite, str(path)
+            s.flush()
+            return task.id
+
+    def start_run(self, command: str, config: Mapping[str, Any], device: str) -> int:
+        run = Run(command=command, config=encode("run config", dict(config)), device=device)
+        with self._write() as s:
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(self, run_id: int, status: str) -> None:
+        if status not in RUN_STATUSES or status == "running":
+            raise StoreError(f"a run finishes as one of {', '.join(RUN_STATUSES[1:])}, not {status!r}")
+        with self._write() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"no run {run_id}")
+            run.status, run.finished_at = status, utcnow()
+
+    def record(self, task_id: int, source: str, verdict_json: Mapping[str, Any], *, origin: str,
+               run_id: int | None = None, parent_id: str | None = None,
+               knobs: Mapping[str, Any] | None = None) -> tuple[str, int]:
+        """Store one evaluation of `source` for a task: (candidate id, evaluation id).
+
+        The candidate row is made if this source is new for the task; otherwise the first
+        one stands (its origin, parent and knobs describe where it first came from). Both
+        rows are written in one transaction: if anything fails, neither is.
+        """
+        if origin not in ORIGINS:
+            raise StoreError(f"origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
+        knobs_json = None if knobs is None else encode("knobs", dict(knobs))
+        source_hash = sha256_hex(source)
+        with self._write() as s:
+            task = s.get(Task, task_id)
+            if task is None:
+                raise StoreError(f"no task {task_id}")
+            cid = candidate_id(task.source_hash, source)
+            if parent_id == cid:
+                raise StoreError(f"candidate {cid} cannot be its own parent")
+            cand = s.get(Candidate, cid)
+            if cand is None:
+                cand = _insert_once(s, Candidate(id=cid, task_id=task_id, source=source, source_hash=source_hash,
+                                                 parent_id=parent_id, origin=origin, knobs=knobs_json,
+                                                 run_id=run_id),
+                                    lambda s: s.get(Candidate, cid))
+            if (cand.task_id, cand.source_hash) != (task_id, source_hash):
+                raise StoreError(f"candidate id {cid} already belongs to other source (hash prefix collision)")
+            # Built only now, after the candidate row is written inside this transaction, so
+            # a bad verdict rolls the candidate back with it.
+            evaluation = evaluation_row(cid, run_id, verdict_json)
+            s.add(evaluation)
+            s.flush()
+            return cid, evaluation.id
+
+    # --- reads ---------------------------------------------------------------------------
+
+    def candidate(self, ref: str) -> dict[str, Any] | None:
+        """The candidate with this id, or with this unique id prefix (at least 4 characters)."""
+        with Session(self.engine) as s:
+            cand = _resolve(s, ref)
+            return None if cand is None else candidate_dict(cand, _task_name(s, cand.task_id))
+
+    def evaluations(self, candidate_ref: str) -> list[dict[str, Any]]:
+        """Every evaluation of one candidate (id or unique prefix), oldest first."""
+        with Session(self.engine) as s:
+            cand = _resolve(s, candidate_ref)
+            if cand is None:
+                return []
+            rows = s.exec(select(Evaluation).where(Evaluation.candidate_id == cand.id).order_by(col(Evaluation.id)))
+            return [evaluation_dict(e) for e in rows]
+
+    def best(self, task: str | int | None = None, device: str | None = None,
+             fingerprint_id: str | None = None) -> list[dict[str, Any]]:
+        """Per task, the correct evaluation with the highest speedup (earliest wins a tie).
+
+        `task` is a task name (every task of that name) or a task id. Without a fingerprint
+        filter, speedups measured on different machines compete; filter to compare fairly.
+        """
+        rank = func.row_number().over(partition_by=col(Candidate.task_id),
+                                      order_by=(col(Evaluation.speedup).desc(), col(Evaluation.id)))
+        ranked = (select(col(Evaluation.id).label("evaluation_id"), rank.label("rank"))
+                  .join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
+                  .join(Task, col(Task.id) == Candidate.task_id)
+                  .where(col(Evaluation.correct).is_(True), col(Evaluation.speedup).is_not(None)))
+        if isinstance(task, int):
+            ranked = ranked.where(Task.id == task)
+        elif task is not None:
+            ranked = ranked.where(Task.name == task)
+        if device is not None:
+            ranked = ranked.where(Evaluation.device == device)
+        if fingerprint_id is not None:
+            ranked = ranked.where(Evaluation.fingerprint_id == fingerprint_id)
+        top = ranked.subquery()
+        query = (select(Task, Candidate.origin, Evaluation)
+                 .join(Candidate, col(Candidate.task_id) == Task.id)
+                 .join(Evaluation, col(Evaluation.candidate_id) == Candidate.id)
+                 .join(top, top.c.evaluation_id == Evaluation.id)
+                 .where(top.c.rank == 1)
+                 .order_by(col(Task.name), col(Task.id)))
+        with Session(self.engine) as s:
+            return [{"task": t.name, "task_id": t.id, "suite": t.suite, "speedup": e.speedup,
+                     "candidate_id": e.candidate_id, "evaluation_id": e.id, "fingerprint_id": e.fingerprint_id,
+                     "device": e.device, "origin": origin, "candidate_ms": e.candidate_ms,
+                     "reference_ms": e.reference_ms, "created_at": iso(e.created_at)}
+                    for t, origin, e in s.exec(query)]
+
+    def runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest runs first, each with how many evaluations it recorded."""
+        count = (select(func.count()).select_from(Evaluation)
+                 .where(Evaluation.run_id == Run.id).correlate(Run).scalar_subquery())
+        with Session(self.engine) as s:
+            rows = s.exec(select(Run, count).order_by(col(Run.id).desc()).limit(limit))
+            return [run_dict(r, n) for r, n in rows]
+
+    def lineage(self, candidate_ref: str) -> list[dict[str, Any]]:
+        """The candidate, its parent, the parent's parent, ... up to the root ([] if unknown)."""
+        with Session(self.engine) as s:
+            cand, chain, seen = _resolve(s, candidate_ref), [], set()
+            while cand is not None and cand.id not in seen:
+                seen.add(cand.id)
+                chain.append(candidate_dict(cand, _task_name(s, cand.task_id)))
+                cand = s.get(Candidate, cand.parent_id) if cand.parent_id else None
+            return chain
+
+    # --- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        """One write transaction, committed on normal exit and rolled back on any exception."""
+        try:
+            with Session(self._writer, expire_on_commit=False) as s, s.begin():
+                yield s
+        except IntegrityError as e:
+            # Unknown run_id or parent_id (foreign keys) and the like: the caller's mistake.
+            raise StoreError(f"not stored: {one_line(e)}") from e
+
+
+def _insert_once(s: Session, row: _Row, find: Callable[[Session], _Row | None]) -> _Row:
+    """Insert `row`; if a concurrent writer inserted the same unique row first, return theirs."""
+    try:
+        with s.begin_nested():
+            s.add(row)
+        return row
+    except IntegrityError:
+        existing = find(s)
+        if existing is None:
+            raise  # a different constraint failed (a foreign key, say): not a race
+        return existing
+
+
+def _resolve(s: Session, ref: str) -> Candidate | None:
+    prefix = ref.strip().lower()
+    if len(prefix) < MIN_PREFIX:
+        raise StoreError(f"a candidate id prefix needs at least {MIN_PREFIX} characters, got {ref!r}")
+    if len(prefix) > CANDIDATE_ID_LEN or not set(prefix) <= set(string.hexdigits.lower()):
+        return None
+    if len(prefix) == CANDIDATE_ID_LEN:
+        return s.get(Candidate, prefix)
+    # Ids are lowercase hex, so every id starting with the prefix lies in [prefix, prefix + "g"):
+    # a range scan on the primary key, where LIKE would read every row on SQLite.
+    ids = s.exec(select(Candidate.id).where(col(Candidate.id) >= prefix, col(Candidate.id) < prefix + "g")
+                 .order_by(col(Candidate.id)).limit(5)).all()
+    if len(ids) > 1:
+        more = ", ..." if len(ids) == 5 else ""
+        raise StoreError(f"candidate prefix {prefix!r} is ambiguous: {', '.join(ids[:4])}{more}")
+    return s.get(Candidate, ids[0]) if ids else None
+
+
+def _task_name(s: Session, task_id: int) -> str:
+    task = s.get(Task, task_id)
+    return task.name if task is not None else ""

@@ -1,0 +1,147 @@
+"""Versioned schema migrations, applied in order, each once, each in its own transaction.
+
+Every migration is a function `mNNN_what(conn)` registered with @migration. Its DDL is
+written out inside the function with SQLAlchemy Core, never taken from the live models:
+a migration must mean the same thing forever, whatever the models later become. Applied
+migrations are recorded by name in `_migrations`, in the same transaction as their DDL,
+so a migration is either fully applied and recorded or not at all.
+
+To change the schema: add `mNNN_...` at the end of this file and update models.py to
+match (tests/store/test_migrations.py checks that they agree). Never edit an old one.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from sqlalchemy import (Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
+                        Table, Text, UniqueConstraint, insert, select)
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from store.errors import StoreError, one_line
+from store.models import utcnow
+from store.sqlite import for_writes
+
+Migration = Callable[[Connection], None]
+MIGRATIONS: list[Migration] = []
+
+_ledger_metadata = MetaData()
+LEDGER = Table(
+    "_migrations", _ledger_metadata,
+    Column("name", String, primary_key=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def migration(fn: Migration) -> Migration:
+    """Register `fn` as the next migration; names must be mNNN_ and strictly increasing."""
+    if not fn.__name__.startswith("m") or not fn.__name__[1:4].isdigit():
+        raise ValueError(f"migration names look like m001_what, not {fn.__name__!r}")
+    if MIGRATIONS and fn.__name__ <= MIGRATIONS[-1].__name__:
+        raise ValueError(f"migration {fn.__name__} must sort after {MIGRATIONS[-1].__name__}")
+    MIGRATIONS.append(fn)
+    return fn
+
+
+def applied(engine: Engine) -> list[str]:
+    """Names of the migrations recorded in this database, in the order they were applied."""
+    with engine.connect() as conn:
+        if not engine.dialect.has_table(conn, LEDGER.name):
+            return []
+        return list(conn.execute(select(LEDGER.c.name).order_by(LEDGER.c.applied_at, LEDGER.c.name)).scalars())
+
+
+def migrate(engine: Engine, migrations: Sequence[Migration] | None = None) -> list[str]:
+    """Apply the pending migrations in order; return the names applied now ([] if none)."""
+    todo = MIGRATIONS if migrations is None else list(migrations)
+    writer = for_writes(engine)
+    done = set(applied(engine))
+    if not done:
+        with writer.begin() as conn:
+            LEDGER.create(conn, checkfirst=True)
+    now: list[str] = []
+    for fn in todo:
+        if fn.__name__ in done:
+            continue
+        try:
+            with writer.begin() as conn:
+                # Look again under the write lock: another process may have applied it meanwhile.
+                if conn.execute(select(LEDGER.c.name).where(LEDGER.c.name == fn.__name__)).first():
+                    continue
+                fn(conn)
+                conn.execute(insert(LEDGER).values(name=fn.__name__, applied_at=utcnow()))
+        except SQLAlchemyError as e:
+            raise StoreError(f"migration {fn.__name__} failed: {one_line(e)}") from e
+        now.append(fn.__name__)
+    return now
+
+
+# --- the migrations, oldest first ------------------------------------------------------
+
+@migration
+def m001_initial(conn: Connection) -> None:
+    md = MetaData()
+    Table(
+        "tasks", md,
+        Column("id", Integer, primary_key=True),
+        Column("name", String, nullable=False),
+        Column("suite", String, nullable=False),
+        Column("source_hash", String, nullable=False),
+        Column("source", Text, nullable=False),
+        Column("path", String, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("source_hash", name="uq_tasks_source_hash"),
+        Index("ix_tasks_name", "name"),
+    )
+    Table(
+        "runs", md,
+        Column("id", Integer, primary_key=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("finished_at", DateTime(timezone=True), nullable=True),
+        Column("command", String, nullable=False),
+        Column("status", String, nullable=False),
+        Column("config", Text, nullable=False),
+        Column("device", String, nullable=False),
+    )
+    Table(
+        "candidates", md,
+        Column("id", String, primary_key=True),
+        Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+        Column("source", Text, nullable=False),
+        Column("source_hash", String, nullable=False),
+        Column("parent_id", String, ForeignKey("candidates.id"), nullable=True),
+        Column("origin", String, nullable=False),
+        Column("knobs", Text, nullable=True),
+        Column("run_id", Integer, ForeignKey("runs.id"), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        # Leading task_id also serves lookups of a task's candidates.
+        UniqueConstraint("task_id", "source_hash", name="uq_candidates_task_source"),
+    )
+    Table(
+        "evaluations", md,
+        Column("id", Integer, primary_key=True),
+        Column("candidate_id", String, ForeignKey("candidates.id"), nullable=False),
+        Column("run_id", Integer, ForeignKey("runs.id"), nullable=True),
+        Column("status", String, nullable=False),
+        Column("reason", Text, nullable=False),
+        Column("correct", Boolean, nullable=False),
+        Column("speedup", Float, nullable=True),
+        Column("candidate_ms", Float, nullable=True),
+        Column("reference_ms", Float, nullable=True),
+        Column("candidate_spread_ms", Float, nullable=True),
+        Column("reference_spread_ms", Float, nullable=True),
+        Column("trials", Text, nullable=False),
+        Column("timings", Text, nullable=False),
+        Column("flags", Text, nullable=False),
+        Column("stages", Text, nullable=False),
+        Column("fingerprint", Text, nullable=False),
+        Column("fingerprint_id", String, nullable=True),
+        Column("device", String, nullable=True),
+        Column("log", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Index("ix_evaluations_candidate_id", "candidate_id"),
+        Index("ix_evaluations_run_id", "run_id"),
+        Index("ix_evaluations_fingerprint_id", "fingerprint_id"),
+        Index("ix_evaluations_device", "device"),
+    )
+    md.create_all(conn, checkfirst=False)

@@ -1,0 +1,93 @@
+"""The store's tables as sqlmodel classes: what the queries in api.py read and write.
+
+These classes describe the schema *after* all migrations; the DDL itself lives in
+migrations.py (a test checks the two agree). JSON-valued columns are plain text holding
+JSON, so the schema is the same on SQLite and PostgreSQL. Timestamps are aware UTC datetimes
+(sqlmodel's UTCDateTime: timestamptz on PostgreSQL, UTC without offset in SQLite).
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import Column, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+RUN_STATUSES = ("running", "finished", "interrupted", "failed")
+ORIGINS = ("user", "seed", "llm", "tuner")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _text(nullable: bool = False):
+    # A fresh Column per field: SQLAlchemy columns cannot be shared between attributes.
+    return Field(default=None if nullable else ..., sa_column=Column(Text, nullable=nullable))
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+    __table_args__ = (UniqueConstraint("source_hash", name="uq_tasks_source_hash"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str = Field(index=True)
+    suite: str
+    source_hash: str  # sha256 hex of the task source: the task's identity
+    source: str = _text()
+    path: str
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Run(SQLModel, table=True):
+    __tablename__ = "runs"
+
+    id: int | None = Field(default=None, primary_key=True)
+    created_at: dt.datetime = Field(default_factory=utcnow)
+    finished_at: dt.datetime | None = None
+    command: str  # "eval", "optimize", ...
+    status: str = "running"  # one of RUN_STATUSES
+    config: str = _text()  # JSON object
+    device: str
+
+
+class Candidate(SQLModel, table=True):
+    __tablename__ = "candidates"
+    __table_args__ = (UniqueConstraint("task_id", "source_hash", name="uq_candidates_task_source"),)
+
+    # First 12 hex chars of sha256(task.source_hash + "\0" + source): the same source for
+    # the same task is one row, however many times and by whom it was proposed.
+    id: str = Field(primary_key=True)
+    task_id: int = Field(foreign_key="tasks.id")
+    source: str = _text()
+    source_hash: str  # sha256 hex of the candidate source
+    parent_id: str | None = Field(default=None, foreign_key="candidates.id")
+    origin: str  # one of ORIGINS
+    knobs: str | None = _text(nullable=True)  # JSON object, for tuner candidates
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+    created_at: dt.datetime = Field(default_factory=utcnow)
+
+
+class Evaluation(SQLModel, table=True):
+    __tablename__ = "evaluations"
+
+    id: int | None = Field(default=None, primary_key=True)
+    candidate_id: str = Field(foreign_key="candidates.id", index=True)
+    run_id: int | None = Field(default=None, foreign_key="runs.id", index=True)
+    status: str
+    reason: str = _text()
+    correct: bool
+    speedup: float | None = None
+    candidate_ms: float | None = None
+    reference_ms: float | None = None
+    candidate_spread_ms: float | None = None
+    reference_spread_ms: float | None = None
+    trials: str = _text()  # JSON list
+    timings: str = _text()  # JSON object
+    flags: str = _text()  # JSON list
+    stages: str = _text()  # JSON object
+    fingerprint: str = _text()  # JSON object
+    # Both are None when the verdict came before any device was touched (static rejections).
+    fingerprint_id: str | None = Field(default=None, index=True)
+    device: str | None = Field(default=None, index=True)
+    log: str = _text()
+    created_at: dt.datetime = Field(default_factory=utcnow)

@@ -1,0 +1,57 @@
+"""Shared fixtures: one real fork-server sandbox and evaluator per test session.
+
+Timing is cut short (few iterations) so the suite stays fast; every check still runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evaluator.cascade import EvalConfig, Evaluator, TimingConfig
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.spec import load_task
+
+ROOT = Path(__file__).resolve().parent.parent
+CPU_SUITE = ROOT / "tasks" / "suites" / "cpu"
+FAST_TIMING = TimingConfig(warmup=2, min_iters=5, max_iters=20, target_s=0.05)
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("jit-cache")
+
+
+@pytest.fixture(scope="session")
+def sandbox(cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    sb = ProcessSandbox(SandboxConfig(cache_dir=cache_dir, root=tmp_path_factory.mktemp("sandbox"),
+                                      memory_bytes=4 << 30))
+    yield sb
+    sb.close()
+
+
+@pytest.fixture(scope="session")
+def evaluator(sandbox: ProcessSandbox):
+    ev = Evaluator(sandbox, EvalConfig(timeout_s=60, timing=FAST_TIMING))
+    yield ev
+    ev.close()
+
+
+@pytest.fixture(scope="session")
+def softmax_task():
+    return load_task(CPU_SUITE / "softmax.py")
+
+
+@pytest.fixture(scope="session")
+def small_task():
+    return load_task(Path(__file__).resolve().parent / "data" / "softmax_small.py")
+
+
+@pytest.fixture(scope="session")
+def loose_evaluator(sandbox: ProcessSandbox):
+    """Static screen off: proves the sandbox and run-time checks hold on their own."""
+    from evaluator.rules import Policy
+
+    ev = Evaluator(sandbox, EvalConfig(timeout_s=8, timing=FAST_TIMING, policy=Policy(static_screen=False)))
+    yield ev
+    ev.close()

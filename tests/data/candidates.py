@@ -1,0 +1,72 @@
+"""Candidate sources for the tests: an honest slow kernel, a fast one, and variations on them.
+
+The slow kernel repeats its work on purpose, so it is honestly slower than PyTorch: any
+variation of it that comes out `ok` with a speedup of 1 or more earned that by cheating.
+"""
+
+SLOW_CPP = r'''
+#include <cmath>
+#include <cstdint>
+extern "C" void softmax_slow(float* out, const float* x, int64_t rows, int64_t cols) {
+    for (int rep = 0; rep < 6; ++rep) {
+        for (int64_t r = 0; r < rows; ++r) {
+            const float* xr = x + r * cols;
+            float* o = out + r * cols;
+            float m = -INFINITY;
+            for (int64_t c = 0; c < cols; ++c) m = std::fmax(m, xr[c]);
+            double s = 0.0;
+            for (int64_t c = 0; c < cols; ++c) { o[c] = std::exp(xr[c] - m); s += o[c]; }
+            for (int64_t c = 0; c < cols; ++c) o[c] = (float)(o[c] / s);
+        }
+    }
+}
+'''
+
+HEADER = '''
+import torch
+import torch.nn as nn
+from sandbox import fastpath
+'''
+
+
+def slow(forward: str = "", extra_cpp: str = "", prelude: str = "", init: str = "") -> str:
+    """The honest slow candidate, with an optional different forward body, C++ and prelude."""
+    forward = forward or """
+        out = torch.empty_like(x)
+        _lib.softmax_slow(out, x, x.shape[0], x.shape[1])
+        return out"""
+    return (HEADER + prelude + f"\nSRC = r'''{SLOW_CPP}{extra_cpp}'''\n_lib = fastpath.compile(SRC)\n\n"
+            "class ModelNew(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+            + (init or "        pass\n") + "\n    def forward(self, x):" + forward + "\n")
+
+
+FAST = HEADER + r'''
+SRC = r"""
+#include <cmath>
+#include <cstdint>
+extern "C" void softmax_rows(float* out, const float* x, int64_t rows, int64_t cols) {
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * cols;
+        float* o = out + r * cols;
+        float m = -INFINITY;
+        for (int64_t c = 0; c < cols; ++c) m = xr[c] > m ? xr[c] : m;
+        float s = 0.f;
+        for (int64_t c = 0; c < cols; ++c) { float e = std::exp(xr[c] - m); o[c] = e; s += e; }
+        float inv = 1.f / s;
+        for (int64_t c = 0; c < cols; ++c) o[c] *= inv;
+    }
+}
+"""
+_lib = fastpath.compile(SRC)
+
+
+class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, x):
+        out = torch.empty_like(x)
+        _lib.softmax_rows(out, x, x.shape[0], x.shape[1])
+        return out
+'''
