@@ -86,6 +86,45 @@ def _print_verdict(v: dict, db: str) -> None:
     console.print(f"candidate {v['candidate_id']}  (stored in {db})")
 
 
+@app.command("compile")
+@cli_errors
+def compile_cmd(
+    candidate_file: Path = typer.Argument(..., help="Candidate file (fast path or load_inline)"),
+    device: str = typer.Option("cuda", "--device", help="cuda (nvcc, ptxas report) or cpu (g++)"),
+    arch: str = typer.Option("sm_90", "--arch", help="CUDA target, e.g. sm_80, sm_90, sm_90a"),
+    timeout: Optional[float] = TimeoutOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Compile a candidate's kernels without running them; on CUDA, report registers and spills."""
+    from evaluator.compile_only import compile_candidate
+    from sandbox.process import ProcessSandbox, SandboxConfig
+
+    source = read_candidate(candidate_file)
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r} (use cpu or cuda)")
+    if not arch.startswith(("sm_", "compute_")):
+        raise UserError(f"--arch {arch!r} is not a CUDA target like sm_90")
+    opts = options(None, "cpu", timeout)  # compiling needs no GPU
+    cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
+                        threads=opts.threads, isolate=opts.isolate)
+    with ProcessSandbox(cfg) as sb:
+        report = compile_candidate(sb, source, arch, opts.timeout_s)
+    if as_json:
+        typer.echo(json.dumps(report.to_json()))
+    else:
+        console.print(f"[bold]{candidate_file}[/bold]  " + ("[green]compiled[/green]" if report.ok else "[red]failed[/red]")
+                      + f"  ({len(report.builds)} builds, {report.seconds:.1f} s)")
+        if report.kernels:
+            table = Table("kernel", "arch", "registers", "spill st/ld", "smem B", "stack B")
+            for k in report.kernels:
+                table.add_row(k["kernel"][:60], k["arch"], str(k["registers"]),
+                              f"{k['spill_stores']}/{k['spill_loads']}", str(k["shared_bytes"]), str(k["stack_bytes"]))
+            console.print(table)
+        if report.error:
+            console.print(report.error[-3000:])
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @tasks_app.command("list")
 @cli_errors
 def tasks_list(suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite"),

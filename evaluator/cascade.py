@@ -18,7 +18,7 @@ import torch
 from evaluator import fingerprint, rules, static
 from evaluator.compare import Tolerance, compare, degenerate
 from evaluator.inputs import TRANSFORMS, derive_seed, make_inputs
-from evaluator.reference import ReferenceSession, decode_outputs, encode_args, timing_from_meta
+from evaluator.reference import ReferenceFailed, ReferenceSession, decode_outputs, encode_args, timing_from_meta
 from evaluator.verdict import Status, Timing, Trial, Verdict
 from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
 from sandbox.protocol import ProtocolError, TensorInfo, unpack_tree
@@ -45,6 +45,7 @@ class EvalConfig:
     timing: TimingConfig = TimingConfig()
     policy: rules.Policy = rules.Policy()
     seed: int | None = None  # None: a secret random seed for this evaluator
+    compare_compile: bool = True  # on GPUs, also time torch.compile(Model) where the task allows
 
 
 class _Fail(Exception):
@@ -139,6 +140,7 @@ class Evaluator:
         return Verdict(status=status, reason=reason, trials=tuple(run.trials),
                        candidate=run.timing if status is Status.OK else None,
                        reference=run.ref_timing if status is Status.OK else None,
+                       reference_compiled=run.compiled_timing if status is Status.OK else None,
                        flags=tuple(flags), fingerprint=fp, stages=stages, log=(run.log + log)[-8000:])
 
 
@@ -158,6 +160,7 @@ class _CandidateRun:
         self.log = ""
         self.timing: Timing | None = None
         self.ref_timing: Timing | None = None
+        self.compiled_timing: Timing | None = None
         self._variant: Any = "unset"
 
     def call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
@@ -179,7 +182,7 @@ class _CandidateRun:
         _, hello, _ = self.w.receive(self.deadline)
         self.w.notes = [str(n) for n in hello.get("notes", [])][:10]
         try:
-            self.call("load", {"candidate": True})
+            self.call("load", {"candidate": True, "input_devices": list(self.task.meta.input_devices)})
         except WorkerError as e:
             failed = [b for b in self.w.builds if not b.ok]
             if failed or e.error_class == "compile_error":
@@ -247,7 +250,13 @@ class _CandidateRun:
 
     def time(self, slow_ms: float | None) -> None:
         params = self.ev._timing_params(self.task)
-        self.ref_timing = self.ref.timing(params, None, self.init_seed, self.ev.cfg.timing.reference_max_age_s)
+        max_age = self.ev.cfg.timing.reference_max_age_s
+        self.ref_timing = self.ref.timing(params, None, self.init_seed, max_age)
+        if self.device == "cuda" and self.ev.cfg.compare_compile and self.task.meta.compile_reference:
+            try:
+                self.compiled_timing = self.ref.timing({**params, "compiled": True}, None, self.init_seed, max_age)
+            except ReferenceFailed as e:  # no torch.compile figure, but the eager one stands
+                self.flags.append(f"no torch.compile reference: {str(e).splitlines()[0][:200]}")
         self.init(None)
         t0 = time.perf_counter()
         _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
@@ -284,7 +293,7 @@ class _CandidateRun:
             got = unpack_tree(meta["tree"], out)
         except (ProtocolError, KeyError):
             raise _Fail(Status.INCORRECT, "post-timing: no usable output from the timing loop") from None
-        want = self.ref.seeded(derive_seed(params["seed"], last), None, self.init_seed)
+        want = self.ref.seeded(params["seed"], last, None, self.init_seed)
         ok, errors, note = compare(got, want, self.tol, self.device)
         self.trials.append(Trial("timed/last", ok, tuple(errors), note))
         if not ok:
@@ -293,7 +302,7 @@ class _CandidateRun:
         rng = random.Random(derive_seed(self.ev.seed, "checksums", self.task.source_hash))
         picks = rng.sample(range(max(0, len(sums) - 1)), min(self.ev.cfg.timing.checksum_checks, max(0, len(sums) - 1)))
         for i in picks:
-            want_i = self.ref.seeded(derive_seed(params["seed"], i), None, self.init_seed)
+            want_i = self.ref.seeded(params["seed"], i, None, self.init_seed)
             if not _checksums_match(sums[i], want_i, self.tol):
                 self.trials.append(Trial(f"timed/{i}", False, (), "checksum differs from the reference"))
                 raise _Fail(Status.INCORRECT, f"post-timing: the output of timed call {i} does not match the reference")

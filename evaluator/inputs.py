@@ -48,13 +48,20 @@ def _transform(x: Any, kind: str, seed: int) -> Any:
 
 
 def make_inputs(module: types.ModuleType, seed: int, variant: dict[str, Any] | None = None,
-                transform: str = "none") -> list[Any]:
+                transform: str = "none", device: str | None = None) -> list[Any]:
+    """The task's get_inputs() under a seed; with `device`, tensors are created there directly
+    (on a GPU this is the device's generator: fast, and the same on every worker)."""
+    import contextlib
+
+    import torch
+
     from tasks.spec import apply_variant
 
     old = apply_variant(module, variant)
     try:
         _seed_all(seed)
-        inputs = list(module.get_inputs())
+        with torch.device(device) if device else contextlib.nullcontext():
+            inputs = list(module.get_inputs())
     finally:
         apply_variant(module, old)
     return [_transform(x, transform, derive_seed(seed, "transform", i)) for i, x in enumerate(inputs)]
@@ -69,3 +76,19 @@ def make_init_inputs(module: types.ModuleType, variant: dict[str, Any] | None = 
         return list(module.get_init_inputs())
     finally:
         apply_variant(module, old)
+
+
+def timed_inputs(module: types.ModuleType, seed: int, index: int, variant: dict[str, Any] | None,
+                 placement: list[str], device: str, host_cache: dict[int, list[Any]]) -> list[Any]:
+    """Inputs of timed call `index`: device-placed inputs fresh for every call; inputs kept on
+    the host (offload tasks: large pinned tables) drawn once per timing phase."""
+    fresh = make_inputs(module, derive_seed(seed, index), variant, device=device if device != "cpu" else None)
+    if not any(p in ("cpu", "pinned") for p in placement):
+        return fresh
+    if seed not in host_cache:
+        host_cache.clear()
+        host_cache[seed] = make_inputs(module, derive_seed(seed, "host"), variant,
+                                       device=device if device != "cpu" else None)
+    hosted = host_cache[seed]
+    return [hosted[i] if i < len(placement) and placement[i] in ("cpu", "pinned") else x
+            for i, x in enumerate(fresh)]

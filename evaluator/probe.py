@@ -21,6 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from evaluator import inputs as inputs_mod
 from sandbox import fastpath
+from sandbox.compiler import CompileSpec
 from sandbox.protocol import pack_tree
 from sandbox.worker import CompileFailure
 from tasks.spec import apply_variant, import_file
@@ -65,6 +66,27 @@ class _CountingModule:
         return call
 
 
+def _compile_inline_cuda(ce: Any, rpc: Any, arch: str, args: tuple, kwargs: dict[str, Any]) -> Any:
+    """Compile-only: build load_inline's CUDA sources with plain nvcc (through the supervisor,
+    which keeps ptxas's resource report); no torch extension is built or loaded."""
+    import sysconfig
+
+    names = ["name", "cpp_sources", "cuda_sources"]
+    given = {**dict(zip(names, args)), **kwargs}
+    cuda = given.get("cuda_sources") or []
+    cuda = [cuda] if isinstance(cuda, str) else list(cuda)
+    includes = [f"-I{p}" for p in ce.include_paths()] + [f"-I{sysconfig.get_paths()['include']}"]
+    flags = ("-std=c++20", *includes, *[str(f) for f in given.get("extra_cuda_cflags") or []])
+    for src in cuda:  # device code only: torch's headers make a host build slow and pointless here
+        rpc.build(CompileSpec(source=src, lang="cuda", flags=flags, arch=arch, output="cubin"))
+
+    class CompileOnly:
+        def __getattr__(self, attr: str) -> Any:
+            raise RuntimeError("compile-only: the extension was not built")
+
+    return CompileOnly()
+
+
 def _native_threads() -> int:
     try:
         return len(os.listdir("/proc/self/task"))
@@ -81,6 +103,7 @@ def _checksum(value: Any) -> list[list[float]]:
 
 class Probe:
     def __init__(self, rpc: Any, args: dict[str, Any]):
+        self.rpc = rpc
         self.device = torch.device(args.get("device", "cpu"))
         torch.set_num_threads(int(args.get("threads", 1)))
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, on both sides
@@ -89,11 +112,20 @@ class Probe:
         self.cls: Any = None
         self.model: Any = None
         self.inline_calls: collections.Counter[str] = collections.Counter()
-        self.flush: Any = None
+        self.placement: list[str] = []
+        self.host_inputs: dict[int, list[Any]] = {}
+        self.compiled: Any = None
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
 
     # --- load and build ---------------------------------------------------------------
     def do_load(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        if meta.get("compile_only"):  # import the candidate only: its builds are what we want
+            self._patch_cpp_extension(compile_only=str(meta.get("arch") or "sm_90"))
+            import_file(Path("candidate.py").resolve(), "kw_candidate")
+            return "loaded", {}, []
         self.task = import_file(Path("task.py").resolve(), "kw_task")
+        self.placement = [str(p) for p in meta.get("input_devices", [])]
         if meta.get("candidate"):
             self._patch_cpp_extension()
             module = import_file(Path("candidate.py").resolve(), "kw_candidate")
@@ -102,12 +134,14 @@ class Probe:
             self.cls = self.task.Model
         return "loaded", {"device": self._device_info()}, []
 
-    def _patch_cpp_extension(self) -> None:
+    def _patch_cpp_extension(self, compile_only: str | None = None) -> None:
         import torch.utils.cpp_extension as ce
 
         original, counter = ce.load_inline, self.inline_calls
 
         def load_inline(*args: Any, **kwargs: Any) -> Any:
+            if compile_only:
+                return _compile_inline_cuda(ce, self.rpc, compile_only, args, kwargs)
             key = hashlib.sha256(repr((args, sorted((k, repr(v)) for k, v in kwargs.items()))).encode()).hexdigest()
             name = str(kwargs.get("name", args[0] if args else "ext"))
             build_dir = Path(os.environ["TORCH_EXTENSIONS_DIR"]) / f"{name}_{key[:16]}"
@@ -155,11 +189,32 @@ class Probe:
         return self._run(args, bool(meta.get("checks", True)))
 
     def do_run_seeded(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
-        args = inputs_mod.make_inputs(self.task, int(meta["seed"]), meta.get("variant"))
+        """The inputs of timed call `index` of a timing phase, recomputed here (reference side)."""
+        args = self._timed_inputs(int(meta["seed"]), int(meta["index"]), meta.get("variant"))
         return self._run(args, False)
 
+    def _timed_inputs(self, seed: int, index: int, variant: Any) -> list[Any]:
+        args = inputs_mod.timed_inputs(self.task, seed, index, variant, self.placement,
+                                       self.device.type, self.host_inputs)
+        return self._place(args)
+
+    def _place(self, args: list[Any]) -> list[Any]:
+        """Move inputs where the task wants them: the device (default), the host, pinned host."""
+        placed = []
+        for i, a in enumerate(args):
+            where = self.placement[i] if i < len(self.placement) else "device"
+            if not isinstance(a, torch.Tensor):
+                placed.append(a)
+            elif where == "device" or self.device.type == "cpu":
+                placed.append(a.to(self.device))
+            elif where == "pinned":
+                placed.append(a if a.device.type == "cpu" and a.is_pinned() else a.cpu().pin_memory())
+            else:
+                placed.append(a.cpu())
+        return placed
+
     def _run(self, args: list[Any], checks: bool) -> tuple[str, dict[str, Any], list[Any]]:
-        args = [a.to(self.device) if isinstance(a, torch.Tensor) else a for a in args]
+        args = self._place(args)
         guards = []
         if checks and self.device.type == "cpu":
             args, guards = _guarded(args)
@@ -205,17 +260,21 @@ class Probe:
         early_iters = int(meta.get("early_iters", 5))
         cuda = self.device.type == "cuda"
         timer = _CudaTimer(self.device) if cuda else None
+        model = self.model
+        if meta.get("compiled"):  # the reference under torch.compile (reference worker only)
+            if self.compiled is None:
+                self.compiled = torch.compile(self.model)
+            model = self.compiled
         samples, synced, sums, warm = [], [], [], []
         out, i, early, spent = None, -warmup, False, 0.0
         while True:
-            args = [a.to(self.device) if isinstance(a, torch.Tensor) else a
-                    for a in inputs_mod.make_inputs(self.task, inputs_mod.derive_seed(seed, i), variant)]
+            args = self._timed_inputs(seed, i, variant)
             with torch.no_grad():
                 if timer:
-                    ms, ms_synced, out = timer.time(self.model, args)
+                    ms, ms_synced, out = timer.time(model, args)
                 else:
                     t0 = _clock_ns()
-                    out = self.model(*args)
+                    out = model(*args)
                     ms = ms_synced = (_clock_ns() - t0) / 1e6
             if i < 0:
                 warm.append(ms)

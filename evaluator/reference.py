@@ -46,7 +46,8 @@ class ReferenceSession:
             deadline = time.monotonic() + self.timeout_s
             try:
                 self.worker.receive(deadline)  # hello
-                _, loaded, _ = self.worker.call("load", {"candidate": False}, deadline=deadline)
+                _, loaded, _ = self.worker.call("load", {"candidate": False, "input_devices": list(
+                    self.task.meta.input_devices)}, deadline=deadline)
             except (WorkerDied, WorkerTimeout, WorkerError) as e:
                 raise ReferenceFailed(f"the reference Model failed to load: {e}") from None
             self.device_info = loaded.get("device", {})
@@ -75,9 +76,10 @@ class ReferenceSession:
             self._outputs[key] = decode_outputs(meta, out)[0]
         return self._outputs[key]
 
-    def seeded(self, seed: int, variant: dict | None, init_seed: int) -> Any:
+    def seeded(self, seed: int, index: int, variant: dict | None, init_seed: int) -> Any:
+        """Reference output for timed call `index` of the timing phase with this seed."""
         self._init(variant, init_seed)
-        _, meta, out = self._call("run_seeded", {"seed": seed, "variant": variant})
+        _, meta, out = self._call("run_seeded", {"seed": seed, "index": index, "variant": variant})
         return decode_outputs(meta, out)[0]
 
     def timing(self, params: dict[str, Any], variant: dict | None, init_seed: int, max_age_s: float) -> Timing:

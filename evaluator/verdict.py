@@ -77,6 +77,7 @@ class Verdict:
     trials: tuple[Trial, ...] = ()
     candidate: Timing | None = None
     reference: Timing | None = None
+    reference_compiled: Timing | None = None  # torch.compile(Model), on GPUs
     flags: tuple[str, ...] = ()
     fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     stages: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> seconds
@@ -94,6 +95,12 @@ class Verdict:
             return None
         return self.reference.median_ms / self.candidate.median_ms
 
+    @property
+    def speedup_vs_compile(self) -> float | None:
+        if self.speedup is None or not self.reference_compiled or not self.candidate:
+            return None
+        return self.reference_compiled.median_ms / self.candidate.median_ms
+
     def to_json(self) -> dict[str, Any]:
         """The `kernelwright eval --json` object (candidate_id is added by the caller)."""
         return {
@@ -103,6 +110,8 @@ class Verdict:
             "speedup": self.speedup,
             "candidate_ms": self.candidate.median_ms if self.candidate else None,
             "reference_ms": self.reference.median_ms if self.reference else None,
+            "reference_compiled_ms": self.reference_compiled.median_ms if self.reference_compiled else None,
+            "speedup_vs_compile": self.speedup_vs_compile,
             "candidate_spread_ms": self.candidate.spread_ms if self.candidate else None,
             "reference_spread_ms": self.reference.spread_ms if self.reference else None,
             "flags": list(self.flags),

@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-CXX_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-std=c++17", "-fopenmp")
-NVCC_FLAGS = ("-O3", "-shared", "-Xcompiler", "-fPIC", "-std=c++17", "-Xptxas", "-v")
+CXX_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
+NVCC_FLAGS = ("-O3", "-Xptxas", "-v")
 _DEFINE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -31,17 +31,20 @@ class CompileSpec:
     flags: tuple[str, ...] = ()
     defines: tuple[tuple[str, str], ...] = ()
     arch: str | None = None  # e.g. "sm_90"; CUDA only
+    output: str = "shared"  # "shared" library, or "cubin" (CUDA device code only: resource reports)
 
     def __post_init__(self) -> None:
         if self.lang not in ("cpp", "cuda"):
             raise ValueError(f"unknown kernel language {self.lang!r} (use 'cpp' or 'cuda')")
+        if self.output not in ("shared", "cubin") or (self.output == "cubin" and self.lang != "cuda"):
+            raise ValueError(f"bad output kind {self.output!r}")
         for name, _ in self.defines:
             if not _DEFINE_NAME.match(name):
                 raise ValueError(f"bad macro name {name!r}")
 
     def key(self) -> str:
         ident = compiler_version(self.lang)
-        blob = json.dumps([self.lang, self.source, self.flags, self.defines, self.arch, ident])
+        blob = json.dumps([self.lang, self.source, self.flags, self.defines, self.arch, self.output, ident])
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -93,10 +96,12 @@ def host_cpu() -> str:
 
 def command(spec: CompileSpec, cfg: CompilerConfig, src: Path, out: Path) -> list[str]:
     defines = [f"-D{k}={v}" for k, v in spec.defines]
+    std = [] if any(f.startswith("-std=") for f in spec.flags) else ["-std=c++17"]
     if spec.lang == "cuda":
         arch = spec.arch or cfg.default_arch
-        return [cfg.nvcc, *NVCC_FLAGS, f"-arch={arch}", *defines, *spec.flags, "-o", str(out), str(src)]
-    return [cfg.cxx, *CXX_FLAGS, *defines, *spec.flags, "-o", str(out), str(src)]
+        kind = ["-cubin"] if spec.output == "cubin" else ["-shared", "-Xcompiler", "-fPIC"]
+        return [cfg.nvcc, *NVCC_FLAGS, *kind, *std, f"-arch={arch}", *defines, *spec.flags, "-o", str(out), str(src)]
+    return [cfg.cxx, *CXX_FLAGS, *std, *defines, *spec.flags, "-o", str(out), str(src)]
 
 
 def _run(cmd: list[str], cwd: Path, timeout_s: float, max_log: int) -> tuple[int | None, str]:
@@ -131,7 +136,7 @@ def build(spec: CompileSpec, cfg: CompilerConfig) -> BuildResult:
     try:
         src = tmpd / ("kernel.cu" if spec.lang == "cuda" else "kernel.cpp")
         src.write_text(spec.source)
-        out = tmpd / "lib.so"
+        out = tmpd / "lib.so"  # a cubin keeps this name too: one cache layout
         try:
             code, log = _run(command(spec, cfg, src, out), tmpd, cfg.timeout_s, cfg.max_log_bytes)
         except FileNotFoundError as e:

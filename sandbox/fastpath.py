@@ -195,7 +195,8 @@ def _convert(p: Param, value: Any, device: str, fname: str) -> Any:
             return ctypes.c_void_p(None)
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"{where} wants a tensor, got {type(value).__name__}")
-        if value.device.type != device:
+        zero_copy = device == "cuda" and value.device.type == "cpu" and value.is_pinned()
+        if value.device.type != device and not zero_copy:  # pinned host memory is mapped for the GPU
             raise TypeError(f"{where}: tensor is on {value.device}, the kernel runs on {device}")
         allowed = _POINTEE_DTYPES.get(p.base, ())
         dtype = str(value.dtype).removeprefix("torch.")

@@ -51,6 +51,9 @@ class SandboxConfig:
         return CompilerConfig(cache_dir=self.cache_dir / "fastpath", timeout_s=self.compile_timeout_s)
 
 
+SHARED_CACHES = ("torch_ext", "triton", "inductor")
+
+
 class WorkerDied(RuntimeError):
     """The worker is gone (crash, kill, exit) before answering."""
 
@@ -78,6 +81,7 @@ class Worker:
         self.workdir, self.log_path, self.cgroup = workdir, log_path, cgroup
         self.builds: list[BuildResult] = []
         self.notes: list[str] = []
+        self.arch_override: str | None = None  # compile-only: build CUDA for this target
         self._wait_status: int | None = None
         self._closed = False
 
@@ -113,7 +117,9 @@ class Worker:
             spec = CompileSpec(source=str(meta["source"]), lang=str(meta["lang"]),
                                flags=tuple(str(f) for f in meta.get("flags", [])),
                                defines=tuple((str(k), str(v)) for k, v in meta.get("defines", [])),
-                               arch=meta.get("arch"))
+                               arch=meta.get("arch"), output=str(meta.get("output", "shared")))
+            if self.arch_override and spec.lang == "cuda":
+                spec = dataclasses.replace(spec, arch=self.arch_override)
             bad = [f for f in spec.flags if not _safe_flag(f)]
             if bad:
                 result = BuildResult(False, "", f"compiler flag not allowed: {bad[0]}", 0.0, False, "")
@@ -210,7 +216,8 @@ class ProcessSandbox:
 
     def _start_zygote(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.cfg.cache_dir / "torch_ext").mkdir(parents=True, exist_ok=True)
+        for sub in SHARED_CACHES:
+            (self.cfg.cache_dir / sub).mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = envmod.worker_env(self.parent_env, str(self.run_dir), self.cfg.threads)
         zlog = open(self.run_dir / "forkserver.log", "ab")
@@ -251,7 +258,11 @@ class ProcessSandbox:
             cgroup = Cgroup.create(f"w-{name}", memory + (256 << 20), self.cfg.max_pids) if self.cfg.isolate else None
             extra = {"KERNELWRIGHT_SANDBOX": "1"}
             env = envmod.worker_env(self.parent_env, str(workdir), self.cfg.threads, extra)
+            # caches workers write themselves (torch extensions, Triton, inductor): shared across
+            # candidates so a rebuild is paid once; fast-path builds stay supervisor-only
             env["TORCH_EXTENSIONS_DIR"] = str(self.cfg.cache_dir / "torch_ext")
+            env["TRITON_CACHE_DIR"] = str(self.cfg.cache_dir / "triton")
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(self.cfg.cache_dir / "inductor")
             req = {
                 "workdir": str(workdir), "env": env, "handler": self.cfg.handler,
                 "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads},
@@ -259,7 +270,7 @@ class ProcessSandbox:
                 "max_file_bytes": self.cfg.max_file_bytes, "hard_timeout_s": hard_timeout_s,
                 "cgroup": [str(d) for d in cgroup.dirs] if cgroup else [],
                 "isolate": {"net": self.cfg.isolate, "pid": self.cfg.isolate, "mount": self.cfg.isolate},
-                "writable": [str(workdir), str(self.cfg.cache_dir / "torch_ext")],
+                "writable": [str(workdir), *(str(self.cfg.cache_dir / sub) for sub in SHARED_CACHES)],
             }
             try:
                 socket.send_fds(self._ctrl, [json.dumps(req).encode()], [theirs.fileno(), log_fd, status_w])

@@ -35,7 +35,7 @@ class Rpc:
     def build(self, spec: CompileSpec) -> BuildResult:
         protocol.send(self.sock, "compile", {
             "source": spec.source, "lang": spec.lang, "flags": list(spec.flags),
-            "defines": [list(d) for d in spec.defines], "arch": spec.arch,
+            "defines": [list(d) for d in spec.defines], "arch": spec.arch, "output": spec.output,
         })
         kind, meta, _ = protocol.recv(self.sock)
         if kind != "compiled":

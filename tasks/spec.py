@@ -18,7 +18,7 @@ from typing import Any
 
 META_KEYS = {
     "name", "suite", "description", "atol", "rtol", "variants", "input_transforms",
-    "seeds", "devices", "flops", "bytes",
+    "seeds", "devices", "flops", "bytes", "input_devices", "compile_reference",
 }
 
 
@@ -39,6 +39,10 @@ class TaskMeta:
     devices: tuple[str, ...] = ("cpu", "cuda")
     flops: float | None = None  # per call, for roofline sanity checks, where known
     bytes: float | None = None
+    # where each input lives when the task runs on a GPU: "device" (moved there, the
+    # KernelBench default), "cpu" (left on the host) or "pinned" (page-locked host memory)
+    input_devices: tuple[str, ...] = ()
+    compile_reference: bool = True  # also time torch.compile(Model) on GPUs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,11 +119,13 @@ def load_task(path: str | Path) -> Task:
     if unknown:
         raise TaskError(f"{p}: unknown metadata keys: {', '.join(sorted(unknown))}")
     meta.setdefault("name", p.stem)
-    for key in ("variants", "seeds", "devices"):
+    for key in ("variants", "seeds", "devices", "input_devices"):
         if key in meta:
             meta[key] = tuple(meta[key])
     if any(not isinstance(v, dict) for v in meta.get("variants", ())):
         raise TaskError(f"{p}: each variant must be a dict of module-constant overrides")
+    if set(meta.get("input_devices", ())) - {"device", "cpu", "pinned"}:
+        raise TaskError(f"{p}: input_devices entries must be 'device', 'cpu' or 'pinned'")
     return Task(path=p.resolve(), source=source, meta=TaskMeta(**meta))
 
 
