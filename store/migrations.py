@@ -130,6 +130,8 @@ def m001_initial(conn: Connection) -> None:
         Column("reference_ms", Float, nullable=True),
         Column("candidate_spread_ms", Float, nullable=True),
         Column("reference_spread_ms", Float, nullable=True),
+        Column("reference_compiled_ms", Float, nullable=True),
+        Column("speedup_vs_compile", Float, nullable=True),
         Column("trials", Text, nullable=False),
         Column("timings", Text, nullable=False),
         Column("flags", Text, nullable=False),

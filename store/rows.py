@@ -16,7 +16,8 @@ from store.errors import StoreError
 from store.models import Candidate, Evaluation, Run, Task
 
 CANDIDATE_ID_LEN = 12
-_FLOAT_FIELDS = ("speedup", "candidate_ms", "reference_ms", "candidate_spread_ms", "reference_spread_ms")
+_FLOAT_FIELDS = ("speedup", "candidate_ms", "reference_ms", "candidate_spread_ms", "reference_spread_ms",
+                 "reference_compiled_ms", "speedup_vs_compile")
 
 
 def sha256_hex(text: str) -> str:

@@ -14,6 +14,9 @@ is ignored, so callers use it everywhere without asking which backend they are o
 """
 from __future__ import annotations
 
+import random
+import sqlite3
+import time
 from typing import Any
 
 from sqlalchemy import event
@@ -28,6 +31,25 @@ def for_writes(engine: Engine) -> Engine:
     return engine.execution_options(**{_WRITE_OPTION: True})
 
 
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (a setting kept in the file, so normally already done).
+
+    The switch needs an exclusive lock, and SQLite reports SQLITE_BUSY for it at once,
+    without the busy handler, when another connection is opening or switching the same
+    new file (several workers starting on a fresh store); so wait and retry here.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005 + random.random() * 0.02)
+
+
 def install(engine: Engine) -> None:
     """Set pragmas on every new connection and let SQLAlchemy, not sqlite3, emit BEGIN."""
 
@@ -40,11 +62,11 @@ def install(engine: Engine) -> None:
         try:
             cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _use_wal(cursor)
         finally:
             cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         writing = conn.get_execution_options().get(_WRITE_OPTION, False)
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")

@@ -73,11 +73,12 @@ def test_writers_in_parallel_on_one_file_lose_nothing_and_count_nothing_twice(tm
             with Store.open(path, tmp_path / "d.db") as st:
                 task = st.upsert_task("softmax", "cpu", "class Model: pass\n", "softmax.py")
                 run = st.start_run("optimize", {}, "cpu")
-                start.wait()
+                start.wait(timeout=60)
                 for src in sources:
                     st.record(task, src, verdict(), origin="llm", run_id=run)
                 st.finish_run(run, "finished")
         except Exception as e:  # noqa: BLE001 - reported by the assertion below
+            start.abort()  # a writer that failed early must not leave the others waiting forever
             errors.append(e)
 
     threads = [threading.Thread(target=work) for _ in range(writers)]
@@ -98,9 +99,10 @@ def test_opening_a_fresh_file_from_many_threads_at_once_migrates_it_once(tmp_pat
 
     def work() -> None:
         try:
-            start.wait()
+            start.wait(timeout=60)
             open_engine(path, tmp_path / "d.db").dispose()
         except Exception as e:  # noqa: BLE001
+            start.abort()
             errors.append(e)
 
     threads = [threading.Thread(target=work) for _ in range(5)]
