@@ -226,7 +226,7 @@ class _CandidateRun:
             want = self.ref.outputs(args, name, variant, self.init_seed)
             wants[name] = want
             got = self.checked_run(args, name)
-            ok, errors, note = compare(got, want, self.tol, self.device)
+            ok, errors, note = compare(got, want, self.tol)
             self.trials.append(Trial(name, ok, tuple(errors), note))
             if not ok:
                 raise _Fail(Status.INCORRECT, f"{name}: {note}")
@@ -236,7 +236,7 @@ class _CandidateRun:
         assert first is not None
         self.init(None)
         again = self.checked_run(first[0], "determinism")
-        ok, errors, note = compare(again, first[1], self.tol, self.device)
+        ok, errors, note = compare(again, first[1], self.tol)
         self.trials.append(Trial("determinism", ok, tuple(errors), note))
         if not ok:
             raise _Fail(Status.INCORRECT, f"nondeterministic: two runs on the same input disagree ({note})")
@@ -294,7 +294,7 @@ class _CandidateRun:
         except (ProtocolError, KeyError):
             raise _Fail(Status.INCORRECT, "post-timing: no usable output from the timing loop") from None
         want = self.ref.seeded(params["seed"], last, None, self.init_seed)
-        ok, errors, note = compare(got, want, self.tol, self.device)
+        ok, errors, note = compare(got, want, self.tol)
         self.trials.append(Trial("timed/last", ok, tuple(errors), note))
         if not ok:
             raise _Fail(Status.INCORRECT, f"post-timing: the last timed output is wrong ({note})")
@@ -313,7 +313,7 @@ class _CandidateRun:
         args = make_inputs(module, derive_seed(self.ev.seed, self.task.source_hash, "final"), None, "none")
         want = self.ref.outputs(args, "final", None, self.init_seed)
         got = self.checked_run(args, "final")
-        ok, errors, note = compare(got, want, self.tol, self.device)
+        ok, errors, note = compare(got, want, self.tol)
         self.trials.append(Trial("final", ok, tuple(errors), note))
         if not ok:
             raise _Fail(Status.INCORRECT, f"final: wrong after the timing loop ({note})")

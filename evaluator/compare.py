@@ -69,16 +69,17 @@ def tensor_error(index: int, got: torch.Tensor, want: torch.Tensor, tol: Toleran
     return OutputError(index, float(diff.max()), float(rel.max()), frac, frac == 0.0, note)
 
 
-def compare(got: Any, want: Any, tol: Tolerance, device: str) -> tuple[bool, list[OutputError], str]:
-    """(ok, per-output errors, note). `got` comes from the candidate's worker."""
+def compare(got: Any, want: Any, tol: Tolerance) -> tuple[bool, list[OutputError], str]:
+    """(ok, per-output errors, note). `got` comes from the candidate's worker; each output must
+    be on the device the reference put it on."""
     if structure(got) != structure(want):
         return False, [], f"output structure {structure(got)} != expected {structure(want)}"
     errors: list[OutputError] = []
     for i, (g, w) in enumerate(zip(flatten(got), flatten(want))):
         if isinstance(w, TensorInfo):
-            if g.device != device:
+            if g.device != w.device:
                 errors.append(OutputError(i, float("inf"), float("inf"), 1.0, False,
-                                          f"output on {g.device}, expected {device}"))
+                                          f"output on {g.device}, expected {w.device}"))
                 continue
             errors.append(tensor_error(i, g.tensor, w.tensor, tol))
         elif isinstance(w, OtherValue) or isinstance(g, OtherValue):
