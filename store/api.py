@@ -18,9 +18,9 @@ from sqlmodel import Session, col, func, select
 
 from store.db import open_engine
 from store.errors import StoreError, one_line
-from store.models import ORIGINS, RUN_STATUSES, Candidate, Evaluation, Run, Task, utcnow
+from store.models import ORIGINS, RUN_STATUSES, Candidate, Evaluation, LLMCall, Run, Task, utcnow
 from store.rows import (CANDIDATE_ID_LEN, candidate_dict, candidate_id, encode, evaluation_dict, evaluation_row,
-                        iso, run_dict, sha256_hex)
+                        iso, llm_call_dict, llm_call_row, run_dict, sha256_hex)
 from store.sqlite import for_writes
 
 MIN_PREFIX = 4
@@ -84,12 +84,15 @@ class Store:
 
     def record(self, task_id: int, source: str, verdict_json: Mapping[str, Any], *, origin: str,
                run_id: int | None = None, parent_id: str | None = None,
-               knobs: Mapping[str, Any] | None = None) -> tuple[str, int]:
+               knobs: Mapping[str, Any] | None = None, reward: float | None = None,
+               reward_note: str | None = None, strategy: str | None = None,
+               resources: list[Any] | None = None, llm_call: Mapping[str, Any] | None = None) -> tuple[str, int]:
         """Store one evaluation of `source` for a task: (candidate id, evaluation id).
 
         The candidate row is made if this source is new for the task; otherwise the first
-        one stands (its origin, parent and knobs describe where it first came from). Both
-        rows are written in one transaction: if anything fails, neither is.
+        one stands (its origin, parent and knobs describe where it first came from). The
+        candidate, its evaluation, its reward and the LLM call that produced it are written
+        in one transaction: if anything fails, none is (a killed run loses or repeats nothing).
         """
         if origin not in ORIGINS:
             raise StoreError(f"origin must be one of {', '.join(ORIGINS)}, not {origin!r}")
@@ -113,9 +116,31 @@ class Store:
             # Built only now, after the candidate row is written inside this transaction, so
             # a bad verdict rolls the candidate back with it.
             evaluation = evaluation_row(cid, run_id, verdict_json)
+            evaluation.reward = None if reward is None or reward != reward else float(reward)
+            evaluation.reward_note, evaluation.strategy = reward_note, strategy
+            evaluation.resources = None if resources is None else encode("resources", list(resources))
             s.add(evaluation)
+            if llm_call is not None:
+                s.add(llm_call_row({**llm_call, "candidate_id": cid, "task_id": task_id}, run_id))
             s.flush()
             return cid, evaluation.id
+
+    def record_llm_call(self, call: Mapping[str, Any], run_id: int | None = None) -> int:
+        """An LLM call that produced no candidate (an API error, a format failure)."""
+        with self._write() as s:
+            row = llm_call_row(call, run_id)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def reopen_run(self, run_id: int) -> dict[str, Any]:
+        """Mark a run running again (resume); returns it."""
+        with self._write() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise StoreError(f"no run {run_id}")
+            run.status, run.finished_at = "running", None
+            return run_dict(run, 0)
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -176,6 +201,55 @@ class Store:
         with Session(self.engine) as s:
             rows = s.exec(select(Run, count).order_by(col(Run.id).desc()).limit(limit))
             return [run_dict(r, n) for r, n in rows]
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        with Session(self.engine) as s:
+            r = s.get(Run, run_id)
+            return None if r is None else run_dict(r, 0)
+
+    def task_history(self, task_id: int, run_id: int | None = None) -> list[dict[str, Any]]:
+        """Every candidate of a task (of one run, if given) with its latest evaluation, oldest
+        first: what strategies pick parents from and prompts show as exemplars."""
+        latest = (select(func.max(Evaluation.id)).where(Evaluation.candidate_id == Candidate.id)
+                  .correlate(Candidate).scalar_subquery())
+        query = (select(Candidate, Evaluation).join(Evaluation, col(Evaluation.id) == latest)
+                 .where(Candidate.task_id == task_id).order_by(col(Evaluation.id)))
+        if run_id is not None:
+            query = query.where(Evaluation.run_id == run_id)
+        with Session(self.engine) as s:
+            return [{**candidate_dict(c, ""), "evaluation": evaluation_dict(e)} for c, e in s.exec(query)]
+
+    def run_progress(self, run_id: int) -> dict[int, dict[str, Any]]:
+        """Per task id: evaluations in this run by status, the best correct speedup, and its candidate."""
+        query = (select(Candidate.task_id, Evaluation).join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
+                 .where(Evaluation.run_id == run_id).order_by(col(Evaluation.id)))
+        out: dict[int, dict[str, Any]] = {}
+        with Session(self.engine) as s:
+            for task_id, e in s.exec(query):
+                p = out.setdefault(task_id, {"evaluated": 0, "counts": {}, "best_speedup": None,
+                                             "best_candidate_id": None})
+                p["evaluated"] += 1
+                p["counts"][e.status] = p["counts"].get(e.status, 0) + 1
+                if e.correct and e.speedup is not None and (p["best_speedup"] is None or e.speedup > p["best_speedup"]):
+                    p["best_speedup"], p["best_candidate_id"] = e.speedup, e.candidate_id
+        return out
+
+    def run_spend(self, run_id: int) -> dict[str, Any]:
+        query = select(func.count(), func.coalesce(func.sum(LLMCall.tokens_in), 0),
+                       func.coalesce(func.sum(LLMCall.tokens_out), 0),
+                       func.coalesce(func.sum(LLMCall.cost_usd), 0.0)).where(LLMCall.run_id == run_id)
+        with Session(self.engine) as s:
+            calls, tin, tout, cost = s.exec(query).one()
+        return {"calls": calls, "tokens_in": int(tin), "tokens_out": int(tout), "cost_usd": float(cost)}
+
+    def llm_calls(self, run_id: int | None = None, candidate_id: str | None = None) -> list[dict[str, Any]]:
+        query = select(LLMCall).order_by(col(LLMCall.id))
+        if run_id is not None:
+            query = query.where(LLMCall.run_id == run_id)
+        if candidate_id is not None:
+            query = query.where(LLMCall.candidate_id == candidate_id)
+        with Session(self.engine) as s:
+            return [llm_call_dict(c) for c in s.exec(query)]
 
     def lineage(self, candidate_ref: str) -> list[dict[str, Any]]:
         """The candidate, its parent, the parent's parent, ... up to the root ([] if unknown)."""

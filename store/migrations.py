@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from sqlalchemy import (Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
-                        Table, Text, UniqueConstraint, insert, select)
+                        Table, Text, UniqueConstraint, insert, select, text)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -147,3 +147,38 @@ def m001_initial(conn: Connection) -> None:
         Index("ix_evaluations_device", "device"),
     )
     md.create_all(conn, checkfirst=False)
+
+
+@migration
+def m002_llm_calls_and_rewards(conn: Connection) -> None:
+    """The optimization loop: every LLM call, and per evaluation its reward, strategy and the
+    compiler's resource report (registers, spills) for prompts."""
+    md = MetaData()
+    for name, key in (("runs", Integer), ("tasks", Integer), ("candidates", String)):
+        Table(name, md, Column("id", key, primary_key=True))  # stubs: targets of the foreign keys
+    calls = Table(
+        "llm_calls", md,
+        Column("id", Integer, primary_key=True),
+        Column("run_id", Integer, ForeignKey("runs.id"), nullable=True),
+        Column("task_id", Integer, ForeignKey("tasks.id"), nullable=True),
+        Column("candidate_id", String, ForeignKey("candidates.id"), nullable=True),
+        Column("parent_id", String, ForeignKey("candidates.id"), nullable=True),
+        Column("kind", String, nullable=False),
+        Column("model", String, nullable=False),
+        Column("messages", Text, nullable=False),
+        Column("response", Text, nullable=False),
+        Column("tokens_in", Integer, nullable=False),
+        Column("tokens_out", Integer, nullable=False),
+        Column("latency_s", Float, nullable=False),
+        Column("cost_usd", Float, nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("status", String, nullable=False),
+        Column("error", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Index("ix_llm_calls_run_id", "run_id"),
+        Index("ix_llm_calls_task_id", "task_id"),
+        Index("ix_llm_calls_candidate_id", "candidate_id"),
+    )
+    calls.create(conn, checkfirst=False)
+    for name, kind in (("reward", Float()), ("reward_note", Text()), ("strategy", String()), ("resources", Text())):
+        conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))

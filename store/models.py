@@ -93,3 +93,33 @@ class Evaluation(SQLModel, table=True):
     device: str | None = Field(default=None, index=True)
     log: str = _text()
     created_at: dt.datetime = Field(default_factory=utcnow)
+    # m002: the optimization loop's reward, the strategy that asked for the candidate, and the
+    # compiler's per-kernel resource report (JSON list) shown in later prompts
+    reward: float | None = None
+    reward_note: str | None = _text(nullable=True)
+    strategy: str | None = None
+    resources: str | None = _text(nullable=True)
+
+
+class LLMCall(SQLModel, table=True):
+    """One request to the LLM and its answer, whatever came of it (m002)."""
+
+    __tablename__ = "llm_calls"
+
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: int | None = Field(default=None, foreign_key="runs.id", index=True)
+    task_id: int | None = Field(default=None, foreign_key="tasks.id", index=True)
+    candidate_id: str | None = Field(default=None, foreign_key="candidates.id", index=True)  # what it produced
+    parent_id: str | None = Field(default=None, foreign_key="candidates.id")  # what it was asked to improve
+    kind: str  # initial, contrastive, repair, format_retry
+    model: str
+    messages: str = _text()  # JSON list of chat messages
+    response: str = _text()
+    tokens_in: int = 0
+    tokens_out: int = 0
+    latency_s: float = 0.0
+    cost_usd: float = 0.0
+    attempts: int = 1
+    status: str  # ok, api_error, format_error
+    error: str = _text()
+    created_at: dt.datetime = Field(default_factory=utcnow)

@@ -13,7 +13,7 @@ import math
 from typing import Any, Mapping
 
 from store.errors import StoreError
-from store.models import Candidate, Evaluation, Run, Task
+from store.models import Candidate, Evaluation, LLMCall, Run, Task
 
 CANDIDATE_ID_LEN = 12
 _FLOAT_FIELDS = ("speedup", "candidate_ms", "reference_ms", "candidate_spread_ms", "reference_spread_ms",
@@ -106,4 +106,29 @@ def evaluation_dict(e: Evaluation) -> dict[str, Any]:
             "trials": decode(e.trials), "timings": decode(e.timings), "flags": decode(e.flags),
             "stages": decode(e.stages), "fingerprint": decode(e.fingerprint),
             "fingerprint_id": e.fingerprint_id, "device": e.device, "log": e.log,
-            "created_at": iso(e.created_at)}
+            "reward": e.reward, "reward_note": e.reward_note, "strategy": e.strategy,
+            "resources": decode(e.resources), "created_at": iso(e.created_at)}
+
+
+LLM_CALL_STATUSES = ("ok", "api_error", "format_error")
+
+
+def llm_call_row(call: Mapping[str, Any], run_id: int | None) -> LLMCall:
+    if call.get("status") not in LLM_CALL_STATUSES:
+        raise StoreError(f"llm call status must be one of {', '.join(LLM_CALL_STATUSES)}")
+    return LLMCall(
+        run_id=run_id, task_id=call.get("task_id"), candidate_id=call.get("candidate_id"),
+        parent_id=call.get("parent_id"), kind=str(call.get("kind", "")), model=str(call.get("model", "")),
+        messages=encode("llm messages", list(call.get("messages", []))), response=str(call.get("response") or ""),
+        tokens_in=int(call.get("tokens_in") or 0), tokens_out=int(call.get("tokens_out") or 0),
+        latency_s=float(call.get("latency_s") or 0.0), cost_usd=float(call.get("cost_usd") or 0.0),
+        attempts=int(call.get("attempts") or 1), status=call["status"], error=str(call.get("error") or ""),
+    )
+
+
+def llm_call_dict(c: LLMCall) -> dict[str, Any]:
+    return {"id": c.id, "run_id": c.run_id, "task_id": c.task_id, "candidate_id": c.candidate_id,
+            "parent_id": c.parent_id, "kind": c.kind, "model": c.model, "messages": decode(c.messages),
+            "response": c.response, "tokens_in": c.tokens_in, "tokens_out": c.tokens_out,
+            "latency_s": c.latency_s, "cost_usd": c.cost_usd, "attempts": c.attempts, "status": c.status,
+            "error": c.error, "created_at": iso(c.created_at)}
