@@ -1,4 +1,4 @@
-"""The `kernelwright` command line."""
+"""The `kernelwright` command line: evaluation, compilation and task commands (others in agent/cli_*.py)."""
 from __future__ import annotations
 
 import json
@@ -6,39 +6,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, read_candidate, tasks_app
 from agent.runtime import UserError, cli_errors, evaluator, open_store, options
-
-app = typer.Typer(help="kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-tasks_app = typer.Typer(help="List and check tasks.", no_args_is_help=True)
-app.add_typer(tasks_app, name="tasks")
-console = Console()
-
-DbOpt = typer.Option(None, "--db", help="Store: SQLite path or SQLAlchemy URL [env KERNELWRIGHT_DB; default kernelwright.db]")
-DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
-TimeoutOpt = typer.Option(None, "--timeout", help="Seconds per candidate [env KERNELWRIGHT_TIMEOUT; default 120]")
-JsonOpt = typer.Option(False, "--json", help="Print one JSON object")
-
-
-def read_candidate(path: Path) -> str:
-    from evaluator.static import defines_modelnew
-
-    if not path.is_file():
-        raise UserError(f"candidate file not found: {path}")
-    try:
-        source = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    try:
-        compile(source, str(path), "exec")
-    except SyntaxError as e:
-        raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
-    if not defines_modelnew(source):
-        raise UserError(f"{path} defines no class ModelNew")
-    return source
 
 
 @app.command("eval")
@@ -175,6 +146,8 @@ def tasks_check(task_file: Path = typer.Argument(..., help="Task file to validat
 
 
 def main() -> None:
+    from agent import cli_optimize  # noqa: F401 - registers its commands on the app
+
     app()
 
 

@@ -95,16 +95,26 @@ def _native_threads() -> int:
 
 
 def _checksum(value: Any) -> list[list[float]]:
+    """Sum and sum of magnitudes per output tensor: cheap, yet a stale or skipped output shows."""
     out: list[Any] = []
     pack_tree(value, out)
-    return [[float(t.detach().double().sum()), float(t.detach().double().abs().sum())]
-            if t.numel() else [0.0, 0.0] for t in out]
+    sums = []
+    for t in out:
+        t = t.detach()
+        if not t.is_floating_point():
+            t = t.double() if not t.is_complex() else t.abs()
+        elif t.element_size() < 4:
+            t = t.float()
+        sums.append([float(t.sum()), float(t.abs().sum())] if t.numel() else [0.0, 0.0])
+    return sums
 
 
 class Probe:
     def __init__(self, rpc: Any, args: dict[str, Any]):
         self.rpc = rpc
         self.device = torch.device(args.get("device", "cpu"))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", 0)  # set_device and the caching allocator want an index
         torch.set_num_threads(int(args.get("threads", 1)))
         torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, on both sides
         torch.backends.cudnn.allow_tf32 = False
@@ -246,6 +256,23 @@ class Probe:
                 report["gpu_kernels"] = sorted({e.name for e in prof.events() if e.device_type.name == "CUDA"})
         inputs_after: list[Any] = [a for a in args if isinstance(a, torch.Tensor)] if checks else []
         return "outputs", {"tree": tree, "report": report, "n_outputs": len(snap)}, snap + inputs_after
+
+    # --- spot checks: single calls the supervisor times with its own clock ---------------
+    def do_prepare(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        self.prepared = self._timed_inputs(int(meta["seed"]), int(meta["index"]), meta.get("variant"))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return "prepared", {}, []
+
+    def do_call(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        with torch.no_grad():
+            self.model(*self.prepared)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+        return "called", {}, []
+
+    def do_ping(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        return "pong", {}, []
 
     def _profiler(self) -> Any:
         from torch.profiler import ProfilerActivity, profile

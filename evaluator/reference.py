@@ -49,7 +49,8 @@ class ReferenceSession:
                 _, loaded, _ = self.worker.call("load", {"candidate": False, "input_devices": list(
                     self.task.meta.input_devices)}, deadline=deadline)
             except (WorkerDied, WorkerTimeout, WorkerError) as e:
-                raise ReferenceFailed(f"the reference Model failed to load: {e}") from None
+                tail = self.worker.log_tail(1500).strip()
+                raise ReferenceFailed(f"the reference Model failed to load: {e}" + (f"\n{tail}" if tail else "")) from None
             self.device_info = loaded.get("device", {})
         try:
             return self.worker.call(kind, meta, tensors, deadline=time.monotonic() + self.timeout_s)

@@ -82,6 +82,7 @@ class Verdict:
     fingerprint: dict[str, Any] = dataclasses.field(default_factory=dict)
     stages: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> seconds
     log: str = ""  # tail of the worker's stdout/stderr, for repair prompts; untrusted text
+    resources: tuple[dict[str, Any], ...] = ()  # ptxas's per-kernel report of the CUDA builds
 
     @property
     def correct(self) -> bool:
@@ -125,6 +126,7 @@ class Verdict:
             },
             "stages": dict(self.stages),
             "fingerprint": dict(self.fingerprint),
+            "resources": [dict(r) for r in self.resources],
         }
 
 

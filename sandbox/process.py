@@ -33,14 +33,14 @@ class SandboxConfig:
     cache_dir: Path
     root: Path = Path(tempfile.gettempdir()) / "kernelwright"
     memory_bytes: int | None = None  # None: half of this machine's memory
-    max_pids: int = 512
+    max_pids: int = 2048  # tasks (threads count): torch.compile's workers and CUDA's threads need room
     max_file_bytes: int = 4 << 30
     threads: int = os.cpu_count() or 1
     isolate: bool = True  # namespaces (network, pid, read-only mounts) where the OS allows
     device: str = "cpu"
     compile_timeout_s: float = 120.0
     handler: str = "evaluator.probe:Probe"
-    warm_modules: tuple[str, ...] = ("torch", "evaluator.probe")
+    warm_modules: tuple[str, ...] = ("torch", "evaluator.probe", "?triton")  # "?": if installed
 
     @property
     def memory_limit(self) -> int:

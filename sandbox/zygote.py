@@ -18,14 +18,21 @@ import signal
 import socket
 import sys
 import time
+import traceback
 
 from sandbox import jail, limits
 
 
 def main() -> None:
     ctrl = socket.socket(fileno=int(sys.argv[1]))
-    for name in sys.argv[2:]:  # warm imports: torch and the worker's handler
-        module = importlib.import_module(name)
+    for name in sys.argv[2:]:  # warm imports: torch, the worker's handler, triton where present
+        optional = name.startswith("?")
+        try:
+            module = importlib.import_module(name.lstrip("?"))
+        except ImportError:
+            if optional:
+                continue
+            raise
         if hasattr(module, "warm_up"):  # lazy imports a first call would otherwise pay
             module.warm_up()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
@@ -79,10 +86,14 @@ def _enter_namespaces(req: dict) -> list[str]:
 
 def _keeper(req: dict, sock_fd: int, log_fd: int, status_fd: int) -> None:
     os.setsid()
+    notes = []
     for d in req.get("cgroup", []):
-        with open(os.path.join(d, "cgroup.procs"), "w") as f:
-            f.write(str(os.getpid()))
-    notes = _enter_namespaces(req) if os.geteuid() == 0 else ["not root: no namespaces"]
+        try:
+            with open(os.path.join(d, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+        except OSError as e:
+            notes.append(f"not in cgroup {os.path.basename(d)} ({e.strerror})")
+    notes += _enter_namespaces(req) if os.geteuid() == 0 else ["not root: no namespaces"]
     pid = os.fork()
     if pid == 0:
         jail.die_with_parent()
@@ -178,7 +189,12 @@ def _worker(req: dict, sock_fd: int, log_fd: int, notes: list[str]) -> None:
     limits.set_rlimits(req.get("memory_bytes"), req["max_file_bytes"])
     from sandbox import worker
 
-    worker.serve(socket.socket(fileno=sock_fd), req, notes)
+    try:
+        worker.serve(socket.socket(fileno=sock_fd), req, notes)
+    except BaseException:  # the handler itself failed: say why in the log the supervisor reads
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
 
 
 if __name__ == "__main__":

@@ -118,7 +118,8 @@ class Store:
             evaluation = evaluation_row(cid, run_id, verdict_json)
             evaluation.reward = None if reward is None or reward != reward else float(reward)
             evaluation.reward_note, evaluation.strategy = reward_note, strategy
-            evaluation.resources = None if resources is None else encode("resources", list(resources))
+            if resources is not None:
+                evaluation.resources = encode("resources", list(resources))
             s.add(evaluation)
             if llm_call is not None:
                 s.add(llm_call_row({**llm_call, "candidate_id": cid, "task_id": task_id}, run_id))

@@ -79,6 +79,7 @@ def evaluation_row(candidate: str, run_id: int | None, verdict: Mapping[str, Any
         fingerprint_id=fingerprint.get("id"),
         device=fingerprint.get("device"),
         log=str(verdict.get("log") or ""),
+        resources=encode("verdict resources", list(verdict["resources"])) if "resources" in verdict else None,
     )
 
 

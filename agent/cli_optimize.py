@@ -1,0 +1,139 @@
+"""`kernelwright optimize` and `kernelwright runs`: the main job, and the runs it left."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, err_console
+from agent.runtime import UserError, cli_errors, evaluator, open_store, options
+
+
+def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concurrency: int) -> Any:
+    """None when no LLM is configured (the tuner runs instead)."""
+    from agent import settings
+    from agent.llm import LLMConfig
+
+    s = settings.read()
+    model = model or s["model"]
+    if not model:
+        return None
+    base_url = base_url or s["base_url"] or None
+    key = os.environ.get(api_key_env, "")
+    if not key and base_url is None:
+        raise UserError(f"--model {model}: no API key in ${api_key_env} (and no --base-url for a local server)")
+    return LLMConfig(model=model, base_url=base_url, api_key=key or "none", max_concurrency=concurrency)
+
+
+@app.command("optimize")
+@cli_errors
+def optimize_cmd(
+    suite: Optional[str] = typer.Option(None, "--suite", help="Built-in suite (default: cpu, when no --task)"),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable)"),
+    strategy: str = typer.Option("evolve", "--strategy", help="best-of-n | evolve | refine"),
+    budget: int = typer.Option(10, "--budget", help="Candidates evaluated per task"),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Minutes, then stop"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD of LLM spend, then stop"),
+    concurrency: int = typer.Option(2, "--concurrency", help="LLM requests in flight"),
+    model: Optional[str] = typer.Option(None, "--model", help="LLM model [env KERNELWRIGHT_MODEL]; none: the tuner"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [env OPENAI_BASE_URL]"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key"),
+    tuner: str = typer.Option("local", "--tuner", help="Knob search: local | random | exhaustive | evolutionary"),
+    tune_fraction: float = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the search's own choices"),
+    resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run (after a kill or Ctrl-C)"),
+    device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Optimize kernels for a task set: ask, evaluate, learn, repeat; every result is stored."""
+    from agent.optimize import OptimizeConfig, Optimizer
+    from agent.strategies import STRATEGIES
+    from agent.tuner import STRATEGIES as TUNERS
+    from tasks.registry import resolve
+
+    opts = options(db, device, timeout)
+    store = open_store(opts.db)
+    if resume is not None:
+        run = store.run(resume)
+        if run is None or run["command"] != "optimize":
+            raise UserError(f"no optimize run {resume} in {opts.db}")
+        c = run["config"]
+        suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
+        tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
+        api_key_env, concurrency = c.get("api_key_env", api_key_env), c.get("concurrency", concurrency)
+        opts = options(db, device, timeout)
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if tuner not in TUNERS:
+        raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
+    if budget < 1 or concurrency < 1 or not 0.0 <= tune_fraction <= 1.0:
+        raise UserError("--budget and --concurrency must be at least 1, --tune-fraction within 0..1")
+    tasks = resolve(suite if suite or task else "cpu", task)
+    llm_cfg = _llm_config(model, base_url, api_key_env, concurrency)
+    cfg = OptimizeConfig(strategy=strategy, budget=budget, time_limit_s=time_limit * 60 if time_limit else None,
+                         max_cost_usd=max_cost, concurrency=concurrency, tuner=tuner, tune_fraction=tune_fraction,
+                         seed=seed)
+    if resume is None:
+        run_id = store.start_run("optimize", {
+            "suite": suite if suite or task else "cpu", "tasks": [str(t.path) for t in tasks] if task else [],
+            "strategy": strategy, "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed,
+            "model": llm_cfg.model if llm_cfg else None, "base_url": llm_cfg.base_url if llm_cfg else None,
+            "api_key_env": api_key_env, "concurrency": concurrency, "device": device}, device)
+    else:
+        run_id = resume
+        store.reopen_run(run_id)
+    say = err_console.print if as_json else console.print
+    if llm_cfg is None:
+        say(f"No LLM configured (--model): tuning the seed kernels' knobs with the {tuner} search.")
+    else:
+        from agent.llm import describe_endpoint
+
+        say(f"LLM: {describe_endpoint(llm_cfg)}; strategy {strategy}; run {run_id}")
+    llm = None
+    if llm_cfg is not None:
+        from agent.llm import LLMClient
+
+        llm = LLMClient(llm_cfg)
+    from agent.display import LiveProgress, summary_table
+
+    try:
+        with evaluator(opts) as ev:
+            live = None if as_json else LiveProgress(err_console)
+            opt = Optimizer(store, ev, tasks, cfg, run_id, llm=llm, on_update=live.update if live else None)
+            if live:
+                with live:
+                    summary = opt.run()
+            else:
+                summary = opt.run()
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        err_console.print(f"Interrupted. Resume with: kernelwright optimize --resume {run_id}"
+                          + (f" --db {db}" if db else ""))
+        raise typer.Exit(130) from None
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+    store.finish_run(run_id, "finished")
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        console.print(summary_table(summary))
+
+
+@app.command("runs")
+@cli_errors
+def runs_cmd(limit: int = typer.Option(20, "--limit"), db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> None:
+    """List runs, newest first."""
+    opts = options(db, "cpu", None)
+    runs = open_store(opts.db).runs(limit)
+    if as_json:
+        typer.echo(json.dumps({"runs": runs}))
+        return
+    table = Table("run", "command", "status", "started", "evaluations", "strategy", "model")
+    for r in runs:
+        c = r["config"] or {}
+        table.add_row(str(r["id"]), r["command"], r["status"], (r["created_at"] or "")[:19], str(r["evaluations"]),
+                      str(c.get("strategy", "-")), str(c.get("model") or "-"))
+    console.print(table)

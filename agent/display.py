@@ -1,0 +1,53 @@
+"""What a user watches: a live table during `optimize`, and the summary after it."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+
+def progress_table(opt: Any) -> Table:
+    """Per task: candidates evaluated, correct, best speedup; run-wide spend in the caption."""
+    t = Table(title=f"run {opt.run_id}", caption=(
+        f"{time.monotonic() - opt.started:.0f} s   LLM calls {opt.spend['calls']}   tokens "
+        f"{opt.spend['tokens_in']}+{opt.spend['tokens_out']}   ${opt.spend['cost_usd']:.4f}"))
+    for col in ("task", "evaluated", "correct", "best speedup", "in flight", "note"):
+        t.add_column(col, justify="left" if col in ("task", "note") else "right")
+    for tr in opt.runs:
+        ok = [m for m in tr.members if m.ok]
+        best = max((m.speedup or 0.0 for m in ok), default=None)
+        t.add_row(tr.task.name, f"{tr.evaluated}/{opt.cfg.budget}", str(len(ok)),
+                  f"{best:.2f}x" if best is not None else "-", str(tr.inflight), tr.done_reason)
+    return t
+
+
+class LiveProgress:
+    def __init__(self, console: Console):
+        self.live = Live(console=console, refresh_per_second=4, transient=True)
+
+    def __enter__(self) -> "LiveProgress":
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.live.__exit__(*exc)
+
+    def update(self, opt: Any) -> None:
+        self.live.update(progress_table(opt))
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    t = Table(title=f"run {summary['run_id']}: stopped by {summary['stopped_by']}",
+              caption=f"LLM calls {summary['llm_calls']}, tokens {summary['tokens']['in']}+{summary['tokens']['out']}, "
+                      f"${summary['cost_usd']:.4f}, {summary['seconds']} s")
+    for col in ("task", "best speedup", "best candidate", "evaluated", "statuses"):
+        t.add_column(col, justify="right" if col in ("best speedup", "evaluated") else "left")
+    for task in summary["tasks"]:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(task["counts"].items()))
+        best = task["best_speedup"]
+        t.add_row(task["task"], f"{best:.2f}x" if best is not None else "-", task["best_candidate_id"] or "-",
+                  str(task["evaluated"]), counts + (f" ({task['note']})" if task.get("note") else ""))
+    return t

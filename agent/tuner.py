@@ -1,0 +1,159 @@
+"""Search strategies over a knob space, in the Kernel Tuner manner.
+
+A strategy is a small generator over a space: it yields the next configuration to try and
+is sent back its score (lower is better: the measured milliseconds; None for a failed or
+invalid configuration). All strategies share the loop's budget, never yield a configuration
+twice, and stop when the space is exhausted. Scores of configurations already measured (in
+the store, by earlier runs) can be passed in as `known`: they cost nothing.
+"""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Callable, Generator, Mapping
+
+from agent.knobs import KnobSpace
+
+Config = dict[str, Any]
+Score = float | None
+Search = Generator[Config, Score, None]
+_key = lambda c: tuple(sorted(c.items()))  # noqa: E731
+
+
+def _better(a: Score, b: Score) -> bool:
+    return a is not None and (b is None or a < b)
+
+
+def exhaustive(space: KnobSpace, start: Config, rng: random.Random) -> Search:
+    yield dict(start)
+    for c in space.configs():
+        if _key(c) != _key(start):
+            yield c
+
+
+def random_search(space: KnobSpace, start: Config, rng: random.Random) -> Search:
+    rest = [c for c in space.configs() if _key(c) != _key(start)]
+    rng.shuffle(rest)
+    yield dict(start)
+    for c in rest:  # not `yield from`: a list iterator cannot take send()
+        yield c
+
+
+def _neighbours(space: KnobSpace, c: Config) -> list[Config]:
+    """Configurations one step away: one knob moved to an adjacent value (values are ordered)."""
+    out = []
+    for name in space.names:
+        values = list(space.values(name))
+        i = values.index(c[name]) if c[name] in values else 0
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(values):
+                n = {**c, name: values[j]}
+                if space.is_valid(n):
+                    out.append(n)
+    return out
+
+
+def local_search(space: KnobSpace, start: Config, rng: random.Random) -> Search:
+    """Best-improvement hill climbing from the default, with random restarts when stuck."""
+    seen: dict[tuple, Score] = {}
+    current, score = dict(start), None
+    while True:
+        if _key(current) not in seen:
+            seen[_key(current)] = score = yield current
+        improved = False
+        for n in sorted(_neighbours(space, current), key=lambda _: rng.random()):
+            if _key(n) in seen:
+                continue
+            s = seen[_key(n)] = yield n
+            if _better(s, score):
+                current, score, improved = n, s, True
+        if not improved:
+            fresh = [c for c in space.configs() if _key(c) not in seen]
+            if not fresh:
+                return
+            current, score = rng.choice(fresh), None
+
+
+def evolutionary(space: KnobSpace, start: Config, rng: random.Random, population: int = 6) -> Search:
+    """A small genetic search: tournament parents, uniform crossover, one-knob mutation."""
+    seen: dict[tuple, Score] = {}
+    pool: list[tuple[Score, Config]] = []
+
+    def add(c: Config, s: Score) -> None:
+        pool.append((s, c))
+        pool.sort(key=lambda x: math.inf if x[0] is None else x[0])
+        del pool[population:]
+
+    seeds = [dict(start)] + rng.sample(list(space.configs()), min(population - 1, space.size))
+    for c in seeds:
+        if _key(c) not in seen:
+            seen[_key(c)] = s = yield c
+            add(c, s)
+    for _ in range(100 * space.size):
+        if len(seen) >= space.size:
+            return
+        a, b = (min(rng.sample(pool, min(2, len(pool))), key=lambda x: math.inf if x[0] is None else x[0])[1]
+                for _ in range(2))
+        child = {k: (a if rng.random() < 0.5 else b)[k] for k in space.names}
+        if rng.random() < 0.7:
+            k = rng.choice(space.names)
+            child[k] = rng.choice(space.values(k))
+        if space.is_valid(child) and _key(child) not in seen:
+            seen[_key(child)] = s = yield child
+            add(child, s)
+
+
+STRATEGIES: dict[str, Callable[..., Search]] = {
+    "local": local_search, "random": random_search, "exhaustive": exhaustive, "evolutionary": evolutionary,
+}
+
+
+def search(name: str, space: KnobSpace, start: Config, rng: random.Random,
+           known: Mapping[tuple, Score] | None = None) -> "Tuner":
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown tuner strategy {name!r} (known: {', '.join(STRATEGIES)})")
+    return Tuner(STRATEGIES[name](space, start, rng), dict(known or {}))
+
+
+class Tuner:
+    """Drives a strategy: next() gives the configuration to measure, report() its score.
+    Configurations with a known score are answered from memory and never measured twice."""
+
+    def __init__(self, gen: Search, known: dict[tuple, Score]):
+        self._gen, self._known = gen, known
+        self.history: list[tuple[Config, Score]] = []
+        self.done = False
+        self._pending = self._advance(None, first=True)
+
+    def _advance(self, score: Score, first: bool = False) -> Config | None:
+        try:
+            c = next(self._gen) if first else self._gen.send(score)
+            while _key(c) in self._known:
+                s = self._known[_key(c)]
+                self.history.append((c, s))
+                c = self._gen.send(s)
+            return c
+        except StopIteration:
+            self.done = True
+            return None
+
+    def next(self) -> Config | None:
+        return self._pending
+
+    def report(self, config: Config, score: Score) -> None:
+        if self._pending is None or _key(config) != _key(self._pending):
+            raise ValueError("report() must answer the configuration next() gave")
+        self._known[_key(config)] = score
+        self.history.append((config, score))
+        self._pending = self._advance(score)
+
+    def best(self) -> tuple[Config | None, Score]:
+        scored = [(s, c) for c, s in self.history if s is not None]
+        if not scored:
+            return None, None
+        s, c = min(scored, key=lambda x: x[0])
+        return c, s
+
+
+def key(config: Mapping[str, Any]) -> tuple:
+    return _key(dict(config))
