@@ -111,8 +111,11 @@ class Optimizer:
                 if reason := self._limits_hit():
                     self.stopped_by = self.stopped_by or reason
                     return None
+                for tr in self.runs:
+                    if not tr.done_reason and tr.asks >= 3 * self.cfg.budget and tr.evaluated < self.cfg.budget:
+                        tr.done_reason = f"stopped after {tr.asks} asks (duplicate or unusable proposals)"
                 open_runs = [tr for tr in self.runs if not tr.done_reason
-                             and tr.evaluated + tr.inflight < self.cfg.budget and tr.asks < 3 * self.cfg.budget]
+                             and tr.evaluated + tr.inflight < self.cfg.budget]
                 if not open_runs:
                     if not any(tr.inflight for tr in self.runs):
                         return None
