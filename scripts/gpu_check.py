@@ -43,9 +43,12 @@ def environment() -> dict:
         p = torch.cuda.get_device_properties(0)
         env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", sms=p.multi_processor_count,
                    memory_gb=round(p.total_memory / 2**30, 1))
-    smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,power.draw",
-                          "--format=csv,noheader"], capture_output=True, text=True)
-    env["nvidia_smi"] = smi.stdout.strip()
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,power.draw",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=30)
+        env["nvidia_smi"] = smi.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        env["nvidia_smi"] = f"unavailable: {e}"
     return env
 
 
@@ -59,6 +62,12 @@ def run_gpu_tests(timeout_s: float) -> dict:
         text, code = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else str(e.stdout or ""), -1
     print(text[-6000:], flush=True)
     return {"returncode": code, "seconds": round(time.monotonic() - t0, 1), "tail": text[-3000:]}
+
+
+def dump(report: dict, out: str) -> None:
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
 
 
 def device_for(task) -> str:
@@ -82,13 +91,15 @@ def main() -> int:
     ap.add_argument("--configs", type=int, default=4, help="tuner configurations per task, besides the default")
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: the whole gpu suite)")
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--tests-timeout-s", type=float, default=240.0)
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     args = ap.parse_args()
     t_start = time.monotonic()
     report: dict = {"environment": environment(), "tasks": {}}
     print(json.dumps(report["environment"]), flush=True)
     if not args.skip_tests:
-        report["gpu_tests"] = run_gpu_tests(timeout_s=240)
+        report["gpu_tests"] = run_gpu_tests(timeout_s=args.tests_timeout_s)
+        dump(report, args.out)
 
     tasks = [t for t in suite_tasks("gpu") if not args.tasks or t.name in args.tasks.split(",")]
     cache = Path(os.environ.get("KERNELWRIGHT_CACHE", "/tmp/kernelwright-cache"))
@@ -136,6 +147,7 @@ def main() -> int:
             if row["status"] == "ok" and not row["early_exit"] and (
                     best is None or row["candidate_ms"] < best["candidate_ms"]):
                 entry["best"] = row
+            dump(report, args.out)  # as we go: a run cut short still leaves its figures
     finally:
         for ev in evaluators.values():
             ev.close()
@@ -151,9 +163,7 @@ def main() -> int:
                      f"{best.get('speedup') or 0:9.3f} {sc if sc is None else round(sc, 3)!s:>10s} "
                      f"{best.get('candidate_ms') or 0:9.4f} {best.get('reference_ms') or 0:9.4f} "
                      f"{len(entry.get('evals', [])):5d}  {best.get('config')}")
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "gpu_check.json").write_text(json.dumps(report, indent=1, default=str))
+    dump(report, args.out)
     print("\n".join(lines), flush=True)
     print(f"gpu tests: {report.get('gpu_tests', {}).get('tail', '').strip().splitlines()[-1:] or ['skipped']}")
     print(f"total {report['seconds']} s")
