@@ -59,9 +59,9 @@ def check_call(report: dict[str, Any], policy: Policy, kernel_names: set[str]) -
             return f"pytorch_compute: forward ran PyTorch ops instead of its own kernel ({shown})"
     if policy.require_kernel:
         gpu = report.get("gpu_kernels")
-        if gpu is not None:  # on a GPU the profiler names the kernels that really ran
+        if gpu:  # on a GPU the profiler names the kernels that really ran
             if not any(k in g for g in gpu for k in kernel_names):
                 return "ghost_kernel: none of the candidate's GPU kernels was launched"
-        elif report.get("kernel_calls", 0) <= 0:
+        elif report.get("kernel_calls", 0) <= 0:  # no profiler: counted launches
             return "ghost_kernel: no custom kernel ran during forward"
     return None
