@@ -25,7 +25,7 @@ ALLOWED_ATEN = {
     "aten::clone", "aten::copy_", "aten::_to_copy", "aten::to", "aten::_local_scalar_dense",
     "aten::is_nonzero", "aten::item", "aten::is_same_size", "aten::_has_compatible_shallow_copy_type",
     "aten::sym_size", "aten::sym_stride", "aten::sym_numel", "aten::sym_storage_offset",
-    "aten::record_stream",
+    "aten::record_stream", "aten::is_pinned", "aten::_pin_memory", "aten::pin_memory",
 }
 
 
