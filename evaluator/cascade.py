@@ -137,7 +137,7 @@ class Evaluator:
             worker.close()
         stages.update(run.stages)
         stages["total"] = time.monotonic() - t0
-        flags = [f"sandbox: {n}" for n in worker.notes] + self._task_flags.get(task.source_hash, []) + run.flags
+        flags = [f"sandbox: {n}" for n in [*self.sandbox.notes, *worker.notes]] + self._task_flags.get(task.source_hash, []) + run.flags
         resources = tuple(k for b in worker.builds if b.ok for k in ptxas.parse(b.log))
         return Verdict(status=status, reason=reason, trials=tuple(run.trials), resources=resources,
                        candidate=run.timing if status is Status.OK else None,

@@ -77,18 +77,3 @@ def make_init_inputs(module: types.ModuleType, variant: dict[str, Any] | None = 
     finally:
         apply_variant(module, old)
 
-
-def timed_inputs(module: types.ModuleType, seed: int, index: int, variant: dict[str, Any] | None,
-                 placement: list[str], device: str, host_cache: dict[int, list[Any]]) -> list[Any]:
-    """Inputs of timed call `index`: device-placed inputs fresh for every call; inputs kept on
-    the host (offload tasks: large pinned tables) drawn once per timing phase."""
-    fresh = make_inputs(module, derive_seed(seed, index), variant, device=device if device != "cpu" else None)
-    if not any(p in ("cpu", "pinned") for p in placement):
-        return fresh
-    if seed not in host_cache:
-        host_cache.clear()
-        host_cache[seed] = make_inputs(module, derive_seed(seed, "host"), variant,
-                                       device=device if device != "cpu" else None)
-    hosted = host_cache[seed]
-    return [hosted[i] if i < len(placement) and placement[i] in ("cpu", "pinned") else x
-            for i, x in enumerate(fresh)]

@@ -123,7 +123,7 @@ class Probe:
         self.model: Any = None
         self.inline_calls: collections.Counter[str] = collections.Counter()
         self.placement: list[str] = []
-        self.host_inputs: dict[int, list[Any]] = {}
+        self.host_inputs: dict[str, Any] = {}
         self.compiled: Any = None
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -219,9 +219,19 @@ class Probe:
         return self._run(args, False)
 
     def _timed_inputs(self, seed: int, index: int, variant: Any) -> list[Any]:
-        args = inputs_mod.timed_inputs(self.task, seed, index, variant, self.placement,
-                                       self.device.type, self.host_inputs)
-        return self._place(args)
+        """Inputs of timed call `index`: those on the device fresh for every call (made there
+        directly: fast, and the same on every worker); those kept on the host (offload tasks'
+        large pinned tables) drawn and placed once per timing phase."""
+        gen = self.device.type if self.device.type != "cpu" else None
+        fresh = inputs_mod.make_inputs(self.task, inputs_mod.derive_seed(seed, index), variant, device=gen)
+        hosted = {i for i, p in enumerate(self.placement) if p in ("cpu", "pinned")}
+        if hosted and self.device.type != "cpu":
+            key = (seed, repr(variant))
+            if self.host_inputs.get("key") != key:
+                host = inputs_mod.make_inputs(self.task, inputs_mod.derive_seed(seed, "host"), variant, device=gen)
+                self.host_inputs = {"key": key, "args": self._place(host)}
+            fresh = [self.host_inputs["args"][i] if i in hosted else x for i, x in enumerate(fresh)]
+        return self._place(fresh)
 
     def _place(self, args: list[Any]) -> list[Any]:
         """Move inputs where the task wants them: the device (default), the host, pinned host."""

@@ -38,9 +38,16 @@ def become_subreaper() -> None:
     _libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER: orphans are reparented to us
 
 
-def _mount(src: str | None, target: str, flags: int) -> None:
-    _check(_libc.mount(src.encode() if src else None, target.encode(), None, flags, None),
-           f"mount {target}")
+def _mount(src: str | None, target: str, flags: int, fstype: str | None = None) -> None:
+    _check(_libc.mount(src.encode() if src else None, target.encode(), fstype.encode() if fstype else None,
+                       flags, None), f"mount {target}")
+
+
+def mount_proc() -> None:
+    """A /proc of our own pid namespace (drivers that look up /proc/<getpid()> need it). The
+    mounts are made private first, so nothing of this reaches the host."""
+    _mount(None, "/", MS_REC | MS_PRIVATE)
+    _mount("proc", "/proc", MS_NOSUID | MS_NODEV | 8, "proc")  # 8: MS_NOEXEC
 
 
 def lock_filesystem(writable: list[str]) -> None:

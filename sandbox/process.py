@@ -208,8 +208,9 @@ class ProcessSandbox:
         self._zygote: subprocess.Popen | None = None
         self._ctrl: socket.socket | None = None
         self._lock = threading.Lock()
-        self._build_lock = threading.Lock()
         self.run_dir = cfg.root / f"run-{uuid.uuid4().hex[:10]}"
+        self.isolate = cfg.isolate
+        self.notes: list[str] = []  # about the sandbox as a whole; shown with every verdict
 
     def build(self, spec: CompileSpec) -> BuildResult:
         return build(spec, self.cfg.compiler)
@@ -238,50 +239,69 @@ class ProcessSandbox:
             raise RuntimeError(f"the fork server failed to start: {err.strip()[-500:]}")
         ours.settimeout(None)
         self._ctrl = ours
+        if self.cfg.device == "cuda" and self.isolate:
+            self._check_cuda_in_jail()
+
+    def _check_cuda_in_jail(self) -> None:
+        """Some machines refuse CUDA inside the namespaces (seen on an H100 VM: error 304 at
+        cudaGetDeviceCount). Then run without them, and say so with every verdict."""
+        worker = self._spawn_locked(60.0, None, None)
+        try:
+            worker.receive(time.monotonic() + 60)
+        except (WorkerDied, WorkerTimeout) as e:
+            tail = [ln for ln in worker.log_tail(2000).splitlines() if ln.strip()]
+            self.isolate = False
+            self.notes.append(f"no namespaces: CUDA does not start inside them here ({(tail or [str(e)])[-1][:160]})")
+        finally:
+            worker.close()
 
     def spawn(self, hard_timeout_s: float, handler_args: dict[str, Any] | None = None,
               files: dict[str, str] | None = None) -> Worker:
         with self._lock:
             if self._ctrl is None:
                 self._start_zygote()
-            assert self._ctrl is not None
-            name = uuid.uuid4().hex[:12]
-            workdir = self.run_dir / f"w-{name}"
-            (workdir / "tmp").mkdir(parents=True)
-            for fname, text in (files or {}).items():
-                (workdir / fname).write_text(text)
-            log_path = workdir / "worker.log"
-            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-            status_r, status_w = os.pipe()
-            memory = self.cfg.memory_limit
-            cgroup = Cgroup.create(f"w-{name}", memory + (256 << 20), self.cfg.max_pids) if self.cfg.isolate else None
-            extra = {"KERNELWRIGHT_SANDBOX": "1"}
-            env = envmod.worker_env(self.parent_env, str(workdir), self.cfg.threads, extra)
-            # caches workers write themselves (torch extensions, Triton, inductor): shared across
-            # candidates so a rebuild is paid once; fast-path builds stay supervisor-only
-            env["TORCH_EXTENSIONS_DIR"] = str(self.cfg.cache_dir / "torch_ext")
-            env["TRITON_CACHE_DIR"] = str(self.cfg.cache_dir / "triton")
-            env["TORCHINDUCTOR_CACHE_DIR"] = str(self.cfg.cache_dir / "inductor")
-            req = {
-                "workdir": str(workdir), "env": env, "handler": self.cfg.handler,
-                "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads},
-                "memory_bytes": memory if self.cfg.device == "cpu" else None,  # RLIMIT_AS breaks CUDA
-                "max_file_bytes": self.cfg.max_file_bytes, "hard_timeout_s": hard_timeout_s,
-                "cgroup": [str(d) for d in cgroup.dirs] if cgroup else [],
-                "isolate": {"net": self.cfg.isolate, "pid": self.cfg.isolate, "mount": self.cfg.isolate},
-                "writable": [str(workdir), *(str(self.cfg.cache_dir / sub) for sub in SHARED_CACHES)],
-            }
-            try:
-                socket.send_fds(self._ctrl, [json.dumps(req).encode()], [theirs.fileno(), log_fd, status_w])
-                reply = self._ctrl.recv(4096)
-            finally:
-                theirs.close()
-                os.close(log_fd)
-                os.close(status_w)
-            if not reply:
-                raise RuntimeError("the fork server died")
-            pid = int(json.loads(reply)["pid"])
+            return self._spawn_locked(hard_timeout_s, handler_args, files)
+
+    def _spawn_locked(self, hard_timeout_s: float, handler_args: dict[str, Any] | None,
+                      files: dict[str, str] | None) -> Worker:
+        assert self._ctrl is not None
+        name = uuid.uuid4().hex[:12]
+        workdir = self.run_dir / f"w-{name}"
+        (workdir / "tmp").mkdir(parents=True)
+        for fname, text in (files or {}).items():
+            (workdir / fname).write_text(text)
+        log_path = workdir / "worker.log"
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        status_r, status_w = os.pipe()
+        memory = self.cfg.memory_limit
+        cgroup = Cgroup.create(f"w-{name}", memory + (256 << 20), self.cfg.max_pids) if self.isolate else None
+        extra = {"KERNELWRIGHT_SANDBOX": "1"}
+        env = envmod.worker_env(self.parent_env, str(workdir), self.cfg.threads, extra)
+        # caches workers write themselves (torch extensions, Triton, inductor): shared across
+        # candidates so a rebuild is paid once; fast-path builds stay supervisor-only
+        env["TORCH_EXTENSIONS_DIR"] = str(self.cfg.cache_dir / "torch_ext")
+        env["TRITON_CACHE_DIR"] = str(self.cfg.cache_dir / "triton")
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(self.cfg.cache_dir / "inductor")
+        req = {
+            "workdir": str(workdir), "env": env, "handler": self.cfg.handler,
+            "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads},
+            "memory_bytes": memory if self.cfg.device == "cpu" else None,  # RLIMIT_AS breaks CUDA
+            "max_file_bytes": self.cfg.max_file_bytes, "hard_timeout_s": hard_timeout_s,
+            "cgroup": [str(d) for d in cgroup.dirs] if cgroup else [],
+            "isolate": {"net": self.isolate, "pid": self.isolate, "mount": self.isolate},
+            "writable": [str(workdir), *(str(self.cfg.cache_dir / sub) for sub in SHARED_CACHES)],
+        }
+        try:
+            socket.send_fds(self._ctrl, [json.dumps(req).encode()], [theirs.fileno(), log_fd, status_w])
+            reply = self._ctrl.recv(4096)
+        finally:
+            theirs.close()
+            os.close(log_fd)
+            os.close(status_w)
+        if not reply:
+            raise RuntimeError("the fork server died")
+        pid = int(json.loads(reply)["pid"])
         return Worker(self, ours, status_r, pid, workdir, log_path, cgroup)
 
     def close(self) -> None:

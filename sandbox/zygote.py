@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -116,6 +117,11 @@ def _init(req: dict, sock_fd: int, log_fd: int, status_fd: int, notes: list[str]
     takes every process left in the namespace with it (the kernel does that). Without a pid
     namespace it is a child subreaper, so orphans land here and are killed all the same."""
     jail.become_subreaper()
+    if os.getpid() == 1 and req["isolate"].get("mount") and not any("mount" in n for n in notes):
+        try:
+            jail.mount_proc()
+        except OSError as e:
+            notes.append(f"no /proc of its own ({e.strerror})")
     pid = os.fork()
     if pid == 0:
         os.close(status_fd)
@@ -182,6 +188,10 @@ def _worker(req: dict, sock_fd: int, log_fd: int, notes: list[str]) -> None:
         except OSError as e:
             notes.append(f"filesystem not locked ({e.strerror})")
     if os.geteuid() == 0:
+        try:  # CUDA pins host memory (mlock): lift the cap while we still may, then drop the right to
+            resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (OSError, ValueError) as e:
+            notes.append(f"memlock limit kept ({e})")
         try:
             jail.drop_capabilities()
         except OSError as e:

@@ -181,3 +181,16 @@ def test_writes_outside_the_work_directory_fail(loose_evaluator, small_task, tmp
     assert v.status.value == "runtime_error"
     assert "Read-only" in v.reason or "read-only" in v.reason.lower()
     assert not target.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="pid namespaces need root")
+def test_worker_sees_its_own_pid_namespace(loose_evaluator, small_task):
+    probe = '''
+        me = int(open("/proc/self/stat").read().split()[0])
+        assert me == os.getpid() and os.getpid() < 10, (me, os.getpid())
+        assert open("/proc/1/cmdline").read() != "", "pid 1 must be our init"
+        out = torch.empty_like(x)
+        _lib.softmax_slow(out, x, x.shape[0], x.shape[1])
+        return out'''
+    v = loose_evaluator.evaluate(small_task, slow(prelude="import os\n", forward=probe))
+    assert v.status.value == "ok", v.reason
