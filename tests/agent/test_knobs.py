@@ -112,7 +112,8 @@ def test_read_space_validates(src, message):
 
 
 def test_constraint_errors_exclude_config():
-    src = 'A = 0\nB = 1\nKNOBS = {"A": [0, 1, 2], "B": [1]}\nKNOB_CONSTRAINTS = ["B / A >= 1", "2 ** 999 > A or True"]\n'
+    src = ('A = 0\nB = 1\nKNOBS = {"A": [0, 1, 2], "B": [1]}\n'
+           'KNOB_CONSTRAINTS = ["B / A >= 1", "2 ** 999 > A or True"]\n')
     space = knobs.read_space(src)
     # A == 0 divides by zero; the huge power is refused; neither crashes, both exclude
     assert list(space.configs()) == []

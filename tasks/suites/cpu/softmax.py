@@ -4,7 +4,7 @@ import torch.nn as nn
 KERNELWRIGHT = {
     "suite": "cpu",
     "description": "Row-wise softmax of a (batch, dim) float32 matrix.",
-    "variants": [{"batch_size": 7, "dim": 1000}],
+    "variants": [{"batch_size": 7, "dim": 1000}, {"batch_size": 33, "dim": 77}],
     "seeds": ["seeds/softmax_seed.py"],
 }
 

@@ -1,17 +1,20 @@
 """A fused Adam step: one pass reads param, grad, exp_avg, exp_avg_sq and writes the three
 results (the eager reference makes about a dozen passes with temporaries).
 
-OpenMP splits the flat arrays into BLOCK-element chunks; the loop body is plain arithmetic
-that g++ vectorizes (sqrt and division included: -fno-math-errno lets sqrtf become vsqrtps and
-changes no value). The bias corrections are computed once, in double, outside the loop.
+OpenMP hands out BLOCK-element chunks dynamically (under OMP_WAIT_POLICY=PASSIVE the second
+thread wakes late; a static split would make the first wait for it). The loop body is plain
+arithmetic that g++ vectorizes, sqrt and division included: -fno-math-errno lets sqrtf become
+vsqrtps and changes no value. The bias corrections are computed once, in double.
 """
 import torch
 import torch.nn as nn
 
 from sandbox import fastpath
 
-BLOCK = 16384
-KNOBS = {"BLOCK": [2048, 8192, 16384, 65536, 262144]}
+BLOCK = 65536
+PARALLEL = 1  # 0: run on the calling thread alone (no team, no barrier)
+KNOBS = {"BLOCK": [2048, 8192, 16384, 65536, 262144], "PARALLEL": [0, 1]}
+KNOB_CONSTRAINTS = ["PARALLEL == 1 or BLOCK == 262144"]  # the split only matters with a team
 
 SRC = r'''
 #include <cstdint>
@@ -27,7 +30,7 @@ extern "C" void adam_step(float* __restrict p_out, float* __restrict m_out, floa
     const float step_size = (float)((double)lr / bc1);
     const float inv_sqrt_bc2 = (float)(1.0 / std::sqrt(bc2));
     const int64_t nblocks = (n + BLOCK - 1) / BLOCK;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic) if(PARALLEL)
     for (int64_t blk = 0; blk < nblocks; ++blk) {
         const int64_t lo = blk * BLOCK, hi = lo + BLOCK < n ? lo + BLOCK : n;
 #pragma omp simd
@@ -43,7 +46,7 @@ extern "C" void adam_step(float* __restrict p_out, float* __restrict m_out, floa
     }
 }
 '''
-_lib = fastpath.compile(SRC, defines={"BLOCK": BLOCK}, flags=["-fno-math-errno"])
+_lib = fastpath.compile(SRC, defines={"BLOCK": BLOCK, "PARALLEL": PARALLEL}, flags=["-fno-math-errno"])
 
 
 class ModelNew(nn.Module):

@@ -1,65 +1,72 @@
 """LayerNorm over the last dimension: OpenMP over rows, three passes over an L1-resident row.
 
-Pass 1 sums the row with ACC independent vector accumulators, pass 2 sums squared deviations
+Pass 1 sums the row with ACC independent 8-wide accumulators, pass 2 sums squared deviations
 from the mean (two-pass variance: no cancellation), pass 3 writes (x - mean) * rstd * w + b.
-The reference is also near memory bound here, so expect parity rather than a large win.
+PyTorch's own LayerNorm is a fused, vectorized kernel that is close to memory bound here, so
+expect only a modest win (about 1.1-1.2x by minimum times on the 2-core test box).
 """
 import torch
 import torch.nn as nn
 
 from sandbox import fastpath
 
-ROWS_PER_TASK = 4
+ROWS_PER_TASK = 8
 ACC = 4
-KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4, 8]}
+PARALLEL = 1  # 0: run on the calling thread alone (no team, no barrier)
+KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4], "PARALLEL": [0, 1]}
+KNOB_CONSTRAINTS = ["PARALLEL == 1 or ROWS_PER_TASK == 1"]  # the split only matters with a team
 
 SRC = r'''
 #include <cstdint>
+#include <cstring>
 #include <cmath>
 
-#define V 8  // floats per vector accumulator
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f load(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void store(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+static inline double hsum(v8f v) { double s = 0.0; for (int j = 0; j < 8; ++j) s += v[j]; return s; }
 
 static void layernorm_row(float* __restrict out, const float* __restrict x, const float* __restrict w,
                           const float* __restrict b, int64_t n, float eps) {
-    const int64_t W = (int64_t)V * ACC;
-    const int64_t nb = n / W * W;
-    float acc[W];
-    for (int64_t j = 0; j < W; ++j) acc[j] = 0.0f;
-    for (int64_t i = 0; i < nb; i += W) {
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) acc[j] += x[i + j];
-    }
-    double s = 0.0;
-    for (int64_t j = 0; j < W; ++j) s += acc[j];
-    for (int64_t i = nb; i < n; ++i) s += x[i];
+    const int64_t W = 8 * ACC, nb = n / W * W, n8 = n / 8 * 8;
+    v8f acc[ACC];
+    for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
+    for (int64_t i = 0; i < nb; i += W)
+        for (int a = 0; a < ACC; ++a) acc[a] += load(x + i + 8 * a);
+    for (int64_t i = nb; i < n8; i += 8) acc[0] += load(x + i);
+    for (int a = 1; a < ACC; ++a) acc[0] += acc[a];
+    double s = hsum(acc[0]);
+    for (int64_t i = n8; i < n; ++i) s += x[i];
     const float mean = (float)(s / (double)n);
 
-    for (int64_t j = 0; j < W; ++j) acc[j] = 0.0f;
-    for (int64_t i = 0; i < nb; i += W) {
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) {
-            float d = x[i + j] - mean;
-            acc[j] += d * d;
+    for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
+    for (int64_t i = 0; i < nb; i += W)
+        for (int a = 0; a < ACC; ++a) {
+            v8f d = load(x + i + 8 * a) - mean;
+            acc[a] += d * d;
         }
+    for (int64_t i = nb; i < n8; i += 8) {
+        v8f d = load(x + i) - mean;
+        acc[0] += d * d;
     }
-    double ss = 0.0;
-    for (int64_t j = 0; j < W; ++j) ss += acc[j];
-    for (int64_t i = nb; i < n; ++i) {
-        float d = x[i] - mean;
-        ss += (double)d * d;
-    }
+    for (int a = 1; a < ACC; ++a) acc[0] += acc[a];
+    double ss = hsum(acc[0]);
+    for (int64_t i = n8; i < n; ++i) ss += (double)(x[i] - mean) * (x[i] - mean);
     const float rstd = (float)(1.0 / std::sqrt(ss / (double)n + (double)eps));
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+
+    for (int64_t i = 0; i < n8; i += 8)
+        store(out + i, (load(x + i) - mean) * rstd * load(w + i) + load(b + i));
+    for (int64_t i = n8; i < n; ++i) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
 }
 
 extern "C" void layernorm_rows(float* __restrict out, const float* __restrict x, const float* __restrict w,
                                const float* __restrict b, int64_t rows, int64_t cols, float eps) {
-#pragma omp parallel for schedule(static, ROWS_PER_TASK)
+#pragma omp parallel for schedule(dynamic, ROWS_PER_TASK) if(PARALLEL)
     for (int64_t r = 0; r < rows; ++r) layernorm_row(out + r * cols, x + r * cols, w, b, cols, eps);
 }
 '''
-_lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC})
+_lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC, "PARALLEL": PARALLEL})
 
 
 class ModelNew(nn.Module):

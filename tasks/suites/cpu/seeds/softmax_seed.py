@@ -1,34 +1,43 @@
 """Row-wise softmax: OpenMP over rows, three passes over an L1-resident row.
 
-Pass 1 takes the row maximum with ACC independent vector accumulators, pass 2 writes
+Pass 1 takes the row maximum with ACC independent 8-wide accumulators, pass 2 writes
 exp(x - max) and sums it, pass 3 scales by 1/sum. std::exp is not vectorized by g++ here, so
-exp is a range-reduced degree-7 polynomial (relative error below 1e-7 over the float range).
--fno-trapping-math and -fno-math-errno let g++ if-convert the clamp and vectorize; neither
-changes any computed value (unlike -ffast-math, which is not used).
+exp is a range-reduced degree-7 polynomial on GCC vector types (relative error below 1e-7).
+Rows are handed out dynamically: under OMP_WAIT_POLICY=PASSIVE the second thread wakes tens
+of microseconds late, and a static split would make the first one wait for it.
 """
 import torch
 import torch.nn as nn
 
 from sandbox import fastpath
 
-ROWS_PER_TASK = 4
-ACC = 4
-KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4, 8]}
+ROWS_PER_TASK = 8
+ACC = 2
+PARALLEL = 1  # 0: run on the calling thread alone (no team, no barrier)
+KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4], "PARALLEL": [0, 1]}
+KNOB_CONSTRAINTS = ["PARALLEL == 1 or ROWS_PER_TASK == 1"]  # the split only matters with a team
 
 SRC = r'''
 #include <cstdint>
 #include <cstring>
 
-#define V 8  // floats per vector accumulator; ACC of them run side by side
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
 
-static inline float fast_exp(float x) {
-    x = x > -87.0f ? x : -87.0f;   // exp(-87) ~ 1.6e-38: below any tolerance, still normal
-    x = x < 88.0f ? x : 88.0f;
-    float k = x * 1.44269504088896341f + 12582912.0f;  // round(x / ln2) by the 1.5 * 2^23 trick
+static inline v8f load(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
+static inline void store(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+static inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+
+// exp(x): k = round(x / ln2), r = x - k ln2 (ln2 in two parts, the first exact in float),
+// degree-7 Taylor polynomial on |r| <= ln2 / 2, times 2^k put into the exponent bits.
+static inline v8f vexp(v8f x) {
+    x = vmax(x, (v8f){} - 87.0f);  // exp(-87) ~ 1.6e-38: below any tolerance, still normal
+    x = x < 88.0f ? x : (v8f){} + 88.0f;
+    v8f k = x * 1.44269504088896341f + 12582912.0f;  // adding 1.5 * 2^23 rounds to an integer
     k -= 12582912.0f;
-    float r = x - k * 0.693145751953125f;              // ln2 split in two: the high part is exact
+    v8f r = x - k * 0.693145751953125f;
     r -= k * 1.428606765330187e-06f;
-    float p = 1.0f / 5040.0f;
+    v8f p = (v8f){} + 1.0f / 5040.0f;
     p = p * r + 1.0f / 720.0f;
     p = p * r + 1.0f / 120.0f;
     p = p * r + 1.0f / 24.0f;
@@ -36,54 +45,58 @@ static inline float fast_exp(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits = ((int32_t)k + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return p * scale;
+    v8i bits = (__builtin_convertvector(k, v8i) + 127) << 23;
+    return p * (v8f)bits;
 }
 
 static void softmax_row(float* __restrict out, const float* __restrict x, int64_t n) {
-    const int64_t W = (int64_t)V * ACC;
-    const int64_t nb = n / W * W;
-    float mx[W];
-    for (int64_t j = 0; j < W; ++j) mx[j] = -__builtin_inff();
-    for (int64_t i = 0; i < nb; i += W) {
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) mx[j] = x[i + j] > mx[j] ? x[i + j] : mx[j];
-    }
+    const int64_t W = 8 * ACC, nb = n / W * W, n8 = n / 8 * 8;
+    v8f mx[ACC];
+    for (int a = 0; a < ACC; ++a) mx[a] = (v8f){} - __builtin_inff();
+    for (int64_t i = 0; i < nb; i += W)
+        for (int a = 0; a < ACC; ++a) mx[a] = vmax(mx[a], load(x + i + 8 * a));
+    for (int64_t i = nb; i < n8; i += 8) mx[0] = vmax(mx[0], load(x + i));
+    for (int a = 1; a < ACC; ++a) mx[0] = vmax(mx[0], mx[a]);
     float m = -__builtin_inff();
-    for (int64_t j = 0; j < W; ++j) m = mx[j] > m ? mx[j] : m;
-    for (int64_t i = nb; i < n; ++i) m = x[i] > m ? x[i] : m;
+    for (int j = 0; j < 8; ++j) m = mx[0][j] > m ? mx[0][j] : m;
+    for (int64_t i = n8; i < n; ++i) m = x[i] > m ? x[i] : m;
 
-    float acc[W];
-    for (int64_t j = 0; j < W; ++j) acc[j] = 0.0f;
-    for (int64_t i = 0; i < nb; i += W) {
-#pragma omp simd
-        for (int64_t j = 0; j < W; ++j) {
-            float e = fast_exp(x[i + j] - m);
-            out[i + j] = e;
-            acc[j] += e;
+    v8f acc[ACC];
+    for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
+    for (int64_t i = 0; i < nb; i += W)
+        for (int a = 0; a < ACC; ++a) {
+            v8f e = vexp(load(x + i + 8 * a) - m);
+            store(out + i + 8 * a, e);
+            acc[a] += e;
+        }
+    for (int64_t i = nb; i < n8; i += 8) {
+        v8f e = vexp(load(x + i) - m);
+        store(out + i, e);
+        acc[0] += e;
+    }
+    for (int a = 1; a < ACC; ++a) acc[0] += acc[a];
+    float s = 0.0f;
+    for (int j = 0; j < 8; ++j) s += acc[0][j];
+    if (n8 < n) {  // the last n % 8 columns, through a padded vector
+        float t[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t i = n8; i < n; ++i) t[i - n8] = x[i] - m;
+        v8f e = vexp(load(t));
+        for (int64_t i = n8; i < n; ++i) {
+            out[i] = e[i - n8];
+            s += e[i - n8];
         }
     }
-    float s = 0.0f;
-    for (int64_t j = 0; j < W; ++j) s += acc[j];
-    for (int64_t i = nb; i < n; ++i) {
-        float e = fast_exp(x[i] - m);
-        out[i] = e;
-        s += e;
-    }
     const float inv = 1.0f / s;
-#pragma omp simd
-    for (int64_t i = 0; i < n; ++i) out[i] *= inv;
+    for (int64_t i = 0; i < n8; i += 8) store(out + i, load(out + i) * inv);
+    for (int64_t i = n8; i < n; ++i) out[i] *= inv;
 }
 
 extern "C" void softmax_rows(float* __restrict out, const float* __restrict x, int64_t rows, int64_t cols) {
-#pragma omp parallel for schedule(static, ROWS_PER_TASK)
+#pragma omp parallel for schedule(dynamic, ROWS_PER_TASK) if(PARALLEL)
     for (int64_t r = 0; r < rows; ++r) softmax_row(out + r * cols, x + r * cols, cols);
 }
 '''
-_lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC},
-                        flags=["-fno-trapping-math", "-fno-math-errno"])
+_lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC, "PARALLEL": PARALLEL})
 
 
 class ModelNew(nn.Module):
