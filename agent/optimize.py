@@ -61,7 +61,6 @@ class Optimizer:
         self.on_update = on_update or (lambda _: None)
         self.rng = random.Random(cfg.seed * 7919 + run_id)
         self.lock = threading.Lock()
-        self.device_lock = threading.Lock()
         self.stop = threading.Event()
         self.stopped_by = ""
         self.started = time.monotonic()
@@ -225,14 +224,12 @@ class Optimizer:
     def _evaluate(self, tr: _TaskRun, proposal: propose.Proposal, call: dict | None) -> dict[str, Any]:
         assert proposal.source is not None
         slow_ms = 3.0 * tr.best_ms if tr.best_ms else None
-        with self.device_lock:
-            v = self.evaluator.evaluate(tr.task, proposal.source, slow_ms=slow_ms)
+        v = self.evaluator.evaluate(tr.task, proposal.source, slow_ms=slow_ms)  # it shares the device fairly
         out = {**v.to_json(), "log": v.log}
         r = reward(out, self.cfg.reward, flops=tr.task.meta.flops, nbytes=tr.task.meta.bytes)
         note = r.note
         if r.needs_confirmation:  # a second, independent measurement before the reward counts
-            with self.device_lock:
-                again = self.evaluator.evaluate(tr.task, proposal.source)
+            again = self.evaluator.evaluate(tr.task, proposal.source)
             if again.status.value == "ok" and again.speedup and again.speedup > 0.8 * (v.speedup or 0):
                 r = reward(out, self.cfg.reward, confirmed=True, flops=tr.task.meta.flops, nbytes=tr.task.meta.bytes)
                 note = f"confirmed by a second measurement ({again.speedup:.2f}x)"
@@ -258,7 +255,7 @@ class Optimizer:
     # --- driving ------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         threads = [threading.Thread(target=self._work, daemon=True, name=f"kw-opt-{i}")
-                   for i in range(max(1, self.cfg.concurrency if self.llm else 1))]
+                   for i in range(max(1, self.cfg.concurrency))]
         for t in threads:
             t.start()
         try:

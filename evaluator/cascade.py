@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import secrets
+import threading
 import time
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from evaluator import fingerprint, rules, static
 from evaluator.compare import Tolerance, compare, degenerate
+from evaluator.devicelock import DeviceLock
 from evaluator.inputs import TRANSFORMS, derive_seed, make_inputs
 from evaluator.reference import ReferenceFailed, ReferenceSession, decode_outputs, encode_args, timing_from_meta
 from evaluator.verdict import Status, Timing, Trial, Verdict
@@ -65,20 +67,25 @@ class Evaluator:
         self._modules: dict[str, Any] = {}
         self._task_flags: dict[str, list[str]] = {}
         self._host = fingerprint.host(cfg.device, sandbox.cfg.threads)
+        self._lock = threading.Lock()  # several candidates may be evaluated at once (threads)
+        self.device_lock = DeviceLock()
 
     # --- reference side ---------------------------------------------------------------
     def reference(self, task: Task) -> ReferenceSession:
-        ref = self._refs.get(task.source_hash)
-        if ref is None:
-            ref = ReferenceSession(self.sandbox, task, self.cfg.reference_timeout_s)
-            self._refs[task.source_hash] = ref
+        with self._lock:
+            ref = self._refs.get(task.source_hash)
+            if ref is None:
+                ref = ReferenceSession(self.sandbox, task, self.cfg.reference_timeout_s)
+                self._refs[task.source_hash] = ref
+        with self.device_lock.shared():
             ref.start(self._init_seed(task))
         return ref
 
     def module(self, task: Task) -> Any:
-        if task.source_hash not in self._modules:
-            self._modules[task.source_hash] = task.load_module()
-        return self._modules[task.source_hash]
+        with self._lock:
+            if task.source_hash not in self._modules:
+                self._modules[task.source_hash] = task.load_module()
+            return self._modules[task.source_hash]
 
     def fingerprint(self, task: Task) -> dict[str, Any]:
         return fingerprint.with_device(self._host, self.reference(task).device_info)
@@ -117,7 +124,7 @@ class Evaluator:
             return Verdict(Status.REJECTED, str(findings[0]), flags=tuple(str(f) for f in findings[1:]))
         stages = {"static": time.monotonic() - t0}
         ref = self.reference(task)
-        fp = self.fingerprint(task)
+        fp = self.fingerprint(task)  # (the reference started above: no device work here)
         worker = self.sandbox.spawn(self.cfg.timeout_s + 30, files={"task.py": task.source, "candidate.py": source})
         run = _CandidateRun(self, task, ref, worker, static.kernel_names(source), time.monotonic() + self.cfg.timeout_s)
         try:
@@ -169,16 +176,25 @@ class _CandidateRun:
         return self.w.call(kind, meta, tensors, deadline=self.deadline)
 
     def go(self, slow_ms: float | None) -> None:
+        """Compile and checks share the device with other candidates' compiles and checks;
+        the timing phase has it alone (see DeviceLock)."""
+        lock = self.ev.device_lock
+        with lock.shared():
+            t = time.monotonic()
+            self.load()
+            self.stages["compile"] = time.monotonic() - t
+            t = time.monotonic()
+            first = self.correctness()
+            self.stages["correctness"] = time.monotonic() - t
         t = time.monotonic()
-        self.load()
-        self.stages["compile"] = time.monotonic() - t
-        t = time.monotonic()
-        first = self.correctness()
-        self.stages["correctness"] = time.monotonic() - t
-        t = time.monotonic()
-        self.time(slow_ms)
-        self.stages["timing"] = time.monotonic() - t
-        self.final_check(first)
+        with lock.exclusive():
+            self.stages["timing_wait"] = time.monotonic() - t
+            t = time.monotonic()
+            meta, out, params = self.time(slow_ms)
+            self.stages["timing"] = time.monotonic() - t
+        with lock.shared():
+            self.validate_timed(meta, out, params)
+            self.final_check(first)
 
     def load(self) -> None:
         _, hello, _ = self.w.receive(self.deadline)
@@ -250,7 +266,7 @@ class _CandidateRun:
             outs = list(wants.values())
             self.ev._task_flags[key] = degenerate(outs[0], outs[1], self.tol) if len(outs) > 1 else []
 
-    def time(self, slow_ms: float | None) -> None:
+    def time(self, slow_ms: float | None) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
         params = self.ev._timing_params(self.task)
         max_age = self.ev.cfg.timing.reference_max_age_s
         self.ref_timing = self.ref.timing(params, None, self.init_seed, max_age)
@@ -277,13 +293,13 @@ class _CandidateRun:
             raise _Fail(Status.REJECTED, f"batch_and_skip: one call took {max(every):.2f} ms of "
                         f"{sum(every):.2f} ms in all (median {cand.median_ms:.3f} ms)")
         self.spot_check(cand, params)
-        self.validate_timed(meta, out, params)
         speedup = ref.median_ms / cand.median_ms if cand.median_ms > 0 else float("inf")
         if speedup > self.ev.cfg.policy.suspicious_speedup:
             self.flags.append(f"suspicious_speedup: {speedup:.1f}x is above {self.ev.cfg.policy.suspicious_speedup:g}x; "
                               "confirm with a second measurement before trusting it")
         if cand.early_exit:
             self.flags.append(f"early_exit: stopped after {len(cand.samples_ms)} calls, clearly slower than the best")
+        return meta, out, params
 
     def spot_check(self, cand: Timing, params: dict[str, Any], calls: int = 7) -> None:
         """Single calls timed by the supervisor's own clock (round trip minus a no-op's): a

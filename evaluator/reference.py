@@ -5,6 +5,7 @@ then reused by every candidate; the candidate's process never sees them.
 """
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -39,8 +40,13 @@ class ReferenceSession:
         self._outputs: dict[Any, Any] = {}
         self._timing: dict[Any, Timing] = {}
         self.timed_at = 0.0
+        self._lock = threading.RLock()  # one conversation with the worker at a time
 
     def _call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
+        with self._lock:
+            return self._call_locked(kind, meta, tensors)
+
+    def _call_locked(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
         if self.worker is None:
             self.worker = self.sandbox.spawn(self.timeout_s * 4, files={"task.py": self.task.source})
             deadline = time.monotonic() + self.timeout_s
@@ -70,20 +76,26 @@ class ReferenceSession:
             self._variant = key
 
     def outputs(self, args: list[Any], key: Any, variant: dict | None, init_seed: int) -> Any:
-        if key not in self._outputs:
-            self._init(variant, init_seed)
-            tree, tensors = encode_args(args)
-            _, meta, out = self._call("run", {"inputs": tree, "checks": False}, tensors)
-            self._outputs[key] = decode_outputs(meta, out)[0]
-        return self._outputs[key]
+        with self._lock:  # init and run together: another thread may want another shape
+            if key not in self._outputs:
+                self._init(variant, init_seed)
+                tree, tensors = encode_args(args)
+                _, meta, out = self._call("run", {"inputs": tree, "checks": False}, tensors)
+                self._outputs[key] = decode_outputs(meta, out)[0]
+            return self._outputs[key]
 
     def seeded(self, seed: int, index: int, variant: dict | None, init_seed: int) -> Any:
         """Reference output for timed call `index` of the timing phase with this seed."""
-        self._init(variant, init_seed)
-        _, meta, out = self._call("run_seeded", {"seed": seed, "index": index, "variant": variant})
-        return decode_outputs(meta, out)[0]
+        with self._lock:
+            self._init(variant, init_seed)
+            _, meta, out = self._call("run_seeded", {"seed": seed, "index": index, "variant": variant})
+            return decode_outputs(meta, out)[0]
 
     def timing(self, params: dict[str, Any], variant: dict | None, init_seed: int, max_age_s: float) -> Timing:
+        with self._lock:
+            return self._timing_locked(params, variant, init_seed, max_age_s)
+
+    def _timing_locked(self, params: dict[str, Any], variant: dict | None, init_seed: int, max_age_s: float) -> Timing:
         key = repr(sorted(params.items()))
         cached = self._timing.get(key)
         if cached is not None and time.monotonic() - self.timed_at < max_age_s:
