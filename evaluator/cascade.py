@@ -36,7 +36,7 @@ class TimingConfig:
     target_s: float = 0.5
     early_iters: int = 5  # a candidate slower than `slow_ms` after this many calls stops early
     checksum_checks: int = 2  # timed iterations re-checked against the reference, besides the last
-    reference_max_age_s: float = 900.0  # re-time the reference after this, to follow drift
+    reference_max_age_s: float = 120.0  # re-time the reference after this: load and clocks drift
 
 
 @dataclasses.dataclass(frozen=True)
