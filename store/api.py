@@ -20,7 +20,7 @@ from store.db import open_engine
 from store.errors import StoreError, one_line
 from store.models import ORIGINS, RUN_STATUSES, Candidate, Evaluation, LLMCall, Run, Task, utcnow
 from store.rows import (CANDIDATE_ID_LEN, candidate_dict, candidate_id, encode, evaluation_dict, evaluation_row,
-                        iso, llm_call_dict, llm_call_row, run_dict, sha256_hex)
+                        iso, llm_call_dict, llm_call_row, run_dict, sha256_hex, task_dict)
 from store.sqlite import for_writes
 
 MIN_PREFIX = 4
@@ -235,10 +235,13 @@ class Store:
                     p["best_speedup"], p["best_candidate_id"] = e.speedup, e.candidate_id
         return out
 
-    def run_spend(self, run_id: int) -> dict[str, Any]:
+    def run_spend(self, run_id: int, task_id: int | None = None) -> dict[str, Any]:
+        """LLM calls, tokens and cost of a run (of one task in it, if given)."""
         query = select(func.count(), func.coalesce(func.sum(LLMCall.tokens_in), 0),
                        func.coalesce(func.sum(LLMCall.tokens_out), 0),
                        func.coalesce(func.sum(LLMCall.cost_usd), 0.0)).where(LLMCall.run_id == run_id)
+        if task_id is not None:
+            query = query.where(LLMCall.task_id == task_id)
         with Session(self.engine) as s:
             calls, tin, tout, cost = s.exec(query).one()
         return {"calls": calls, "tokens_in": int(tin), "tokens_out": int(tout), "cost_usd": float(cost)}
@@ -261,6 +264,45 @@ class Store:
                 chain.append(candidate_dict(cand, _task_name(s, cand.task_id)))
                 cand = s.get(Candidate, cand.parent_id) if cand.parent_id else None
             return chain
+
+    # --- reads for review, reports and exports -------------------------------------------
+
+    def task(self, task_id: int) -> dict[str, Any] | None:
+        with Session(self.engine) as s:
+            t = s.get(Task, task_id)
+            return None if t is None else task_dict(t)
+
+    def tasks(self) -> list[dict[str, Any]]:
+        """Every task, by name then id."""
+        with Session(self.engine) as s:
+            return [task_dict(t) for t in s.exec(select(Task).order_by(col(Task.name), col(Task.id)))]
+
+    def evaluation(self, evaluation_id: int) -> dict[str, Any] | None:
+        """One evaluation, with the task its candidate belongs to."""
+        with Session(self.engine) as s:
+            e = s.get(Evaluation, evaluation_id)
+            if e is None:
+                return None
+            cand = s.get(Candidate, e.candidate_id)
+            task_id = cand.task_id if cand is not None else None
+            return {**evaluation_dict(e), "task_id": task_id,
+                    "task": _task_name(s, task_id) if task_id is not None else ""}
+
+    def evaluation_rows(self, run_id: int | None = None) -> list[dict[str, Any]]:
+        """Every evaluation (of one run, if given), oldest first, flattened with its candidate and
+        task: what reports count and plot. The bulky columns (trials, timings, log) stay out."""
+        query = (select(Evaluation, Candidate.origin, Candidate.parent_id, Task.id, Task.name)
+                 .join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
+                 .join(Task, col(Task.id) == Candidate.task_id).order_by(col(Evaluation.id)))
+        if run_id is not None:
+            query = query.where(Evaluation.run_id == run_id)
+        with Session(self.engine) as s:
+            return [{"id": e.id, "run_id": e.run_id, "task_id": tid, "task": name, "candidate_id": e.candidate_id,
+                     "origin": origin, "parent_id": parent, "status": e.status, "reason": e.reason,
+                     "correct": e.correct, "speedup": e.speedup, "candidate_ms": e.candidate_ms,
+                     "reference_ms": e.reference_ms, "reward": e.reward, "strategy": e.strategy,
+                     "device": e.device, "fingerprint_id": e.fingerprint_id, "created_at": iso(e.created_at)}
+                    for e, origin, parent, tid, name in s.exec(query)]
 
     # --- transactions --------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ Every migration is a function `mNNN_what(conn)` registered with @migration. Its 
 written out inside the function with SQLAlchemy Core, never taken from the live models:
 a migration must mean the same thing forever, whatever the models later become. Applied
 migrations are recorded by name in `_migrations`, in the same transaction as their DDL,
-so a migration is either fully applied and recorded or not at all.
+so a migration is either fully applied and recorded or not at all. Processes migrating one
+database at once take turns: SQLite's write lock on each transaction, PostgreSQL's advisory
+lock around the whole of migrate() (see postgres.py).
 
 To change the schema: add `mNNN_...` at the end of this file and update models.py to
 match (tests/store/test_migrations.py checks that they agree). Never edit an old one.
@@ -20,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from store.errors import StoreError, one_line
 from store.models import utcnow
+from store.postgres import migration_lock
 from store.sqlite import for_writes
 
 Migration = Callable[[Connection], None]
@@ -54,6 +57,13 @@ def applied(engine: Engine) -> list[str]:
 def migrate(engine: Engine, migrations: Sequence[Migration] | None = None) -> list[str]:
     """Apply the pending migrations in order; return the names applied now ([] if none)."""
     todo = MIGRATIONS if migrations is None else list(migrations)
+    if {fn.__name__ for fn in todo} <= set(applied(engine)):
+        return []  # the common case, decided without waiting on another process's migration
+    with migration_lock(engine):
+        return _apply(engine, todo)
+
+
+def _apply(engine: Engine, todo: Sequence[Migration]) -> list[str]:
     writer = for_writes(engine)
     done = set(applied(engine))
     if not done:

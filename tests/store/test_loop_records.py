@@ -46,3 +46,16 @@ def test_progress_spend_history_and_resume(store: Store, task_id: int):
     assert store.reopen_run(run)["status"] == "running"
     with pytest.raises(StoreError):
         store.reopen_run(9999)
+
+
+def test_spend_of_one_task_in_a_run(store: Store, task_id: int):
+    # what a batch job checks its share of --max-cost against
+    other = store.upsert_task("gelu", "cpu", "class Model: pass  # gelu\n", "gelu.py")
+    run = store.start_run("batch", {}, "cpu")
+    store.record(task_id, "a", verdict(1.5), origin="llm", run_id=run, llm_call=CALL)
+    store.record_llm_call({**CALL, "status": "api_error", "task_id": task_id, "cost_usd": 0.0}, run)
+    store.record(other, "b", verdict(1.5), origin="llm", run_id=run, llm_call={**CALL, "cost_usd": 0.5})
+    assert store.run_spend(run, task_id)["calls"] == 2
+    assert store.run_spend(run, task_id)["cost_usd"] == pytest.approx(0.01)
+    assert store.run_spend(run, other)["cost_usd"] == pytest.approx(0.5)
+    assert store.run_spend(run)["cost_usd"] == pytest.approx(0.51)
