@@ -1,0 +1,167 @@
+"""`kernelwright batch`: the optimization loop for many tasks at once, on a Ray cluster."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, err_console
+from agent.runtime import UserError, cli_errors, open_store, options
+
+
+@app.command("batch")
+@cli_errors
+def batch_cmd(
+    suite: Optional[str] = typer.Option(None, "--suite", help="Built-in suite (default: cpu, when no --task)"),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable; workers must see it)"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto | ray://HOST:PORT; none: a local one"),
+    workers: int = typer.Option(2, "--workers", help="Without --address: CPUs of the local Ray instance"),
+    cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help="CPUs each job holds (its evaluations' threads)"),
+    gpus_per_eval: float = typer.Option(1.0, "--gpus-per-eval", help="With --device cuda: GPUs each job's evaluations hold"),
+    max_retries: int = typer.Option(3, "--max-retries", help="Times a job is rerun after its worker dies"),
+    strategy: str = typer.Option("evolve", "--strategy", help="best-of-n | evolve | refine"),
+    budget: int = typer.Option(10, "--budget", help="Candidates evaluated per task"),
+    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Minutes for the whole batch, then stop"),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD of LLM spend, shared evenly by the tasks"),
+    concurrency: int = typer.Option(2, "--concurrency", help="LLM requests in flight per job"),
+    model: Optional[str] = typer.Option(None, "--model", help="LLM model [env KERNELWRIGHT_MODEL]; none: the tuner"),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [env OPENAI_BASE_URL]"),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key, on every worker"),
+    tuner: str = typer.Option("local", "--tuner", help="Knob search: local | random | exhaustive | evolutionary"),
+    tune_fraction: float = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the search's own choices"),
+    resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run"),
+    device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Optimize many tasks at once on a Ray cluster (a local one by default), into one shared store."""
+    from agent import batch, settings
+    from agent.optimize import OptimizeConfig
+    from agent.strategies import STRATEGIES
+    from agent.tuner import STRATEGIES as TUNERS
+    from tasks.registry import resolve
+
+    opts = _options(db, device, timeout, cpus_per_job)
+    store = open_store(opts.db)
+    if resume is not None:
+        run = store.run(resume)
+        if run is None or run["command"] != "batch":
+            raise UserError(f"no batch run {resume} in {opts.db}")
+        c = run["config"]
+        suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
+        tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
+        api_key_env, concurrency, max_cost = c["api_key_env"], c["concurrency"], c["max_cost"]
+        opts = _options(db, device, timeout, cpus_per_job)
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if tuner not in TUNERS:
+        raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
+    if budget < 1 or concurrency < 1 or workers < 1 or max_retries < 0 or not 0.0 <= tune_fraction <= 1.0:
+        raise UserError("--budget, --concurrency and --workers must be at least 1, --max-retries at least 0, "
+                        "--tune-fraction within 0..1")
+    if cpus_per_job <= 0 or gpus_per_eval < 0:
+        raise UserError("--cpus-per-job must be positive and --gpus-per-eval not negative")
+    suite_name = suite if suite or task else "cpu"
+    tasks = resolve(suite_name, task)
+    model = model or settings.read()["model"] or None
+    base_url = base_url or settings.read()["base_url"] or None
+    if model and not address and not os.environ.get(api_key_env) and base_url is None:
+        # local workers inherit this environment: a missing key fails here, not in every job
+        raise UserError(f"--model {model}: no API key in ${api_key_env} (and no --base-url for a local server)")
+    llm = batch.LLMSpec(model, base_url, api_key_env, concurrency) if model else None
+    config = {"suite": suite_name, "tasks": [str(t.path) for t in tasks] if task else [], "strategy": strategy,
+              "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed, "model": model,
+              "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "device": device,
+              "max_cost": max_cost, "address": address}
+    say = err_console.print if as_json else console.print
+    try:
+        resources = batch.connect(address, workers, worker_logs=not as_json)
+    except Exception as e:  # noqa: BLE001 - Ray raises many kinds for an unreachable or refused cluster
+        raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+                        f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
+    try:
+        if resume is None:
+            run_id = store.start_run("batch", config, device)
+        else:
+            run_id = resume
+            store.reopen_run(run_id)
+        jobs = batch.plan(store, tasks, strategy)
+        cfg = batch.BatchConfig(
+            run_id=run_id, options=opts,
+            optimize=OptimizeConfig(strategy=strategy, budget=budget, concurrency=concurrency, tuner=tuner,
+                                    tune_fraction=tune_fraction, seed=seed),
+            llm=llm, deadline=time.time() + time_limit * 60 if time_limit else None,
+            max_cost_per_job=max_cost / len(jobs) if max_cost is not None else None,
+            cpus_per_job=cpus_per_job, gpus_per_eval=gpus_per_eval, max_retries=max_retries)
+        say(f"Batch run {run_id}: {len(jobs)} jobs on Ray ({_resources(resources)}); "
+            + (f"LLM {model}, strategy {strategy}" if llm else f"no LLM: tuning seed kernels ({tuner})"))
+        try:
+            if as_json:
+                summary = batch.run_batch(store, cfg, jobs)
+            else:
+                with Live(console=err_console, refresh_per_second=2, transient=True) as live:
+                    summary = batch.run_batch(store, cfg, jobs,
+                                              on_progress=lambda b: live.update(_progress_table(b, budget)))
+        except KeyboardInterrupt:
+            err_console.print(f"Interrupted. Resume with: kernelwright batch --resume {run_id}"
+                              + (f" --db {_shown(db)}" if db else "") + (f" --address {address}" if address else ""))
+            raise typer.Exit(130) from None
+    finally:
+        batch.shutdown()
+    failed = [t for t in summary["tasks"] if t["note"].startswith("failed:")]
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        from agent.display import summary_table
+
+        console.print(summary_table(summary))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _options(db: str | None, device: str, timeout: float | None, cpus_per_job: float) -> Any:
+    """The optimize options, for workers: the GPU is checked where jobs run, not here; a SQLite
+    path is made absolute (workers start elsewhere); threads follow the job's CPUs unless set."""
+    from agent import settings
+
+    if device not in ("cpu", "cuda"):
+        raise UserError(f"unknown device {device!r} (use cpu or cuda)")
+    opts = options(db, "cpu", timeout)
+    store_db = opts.db if "://" in opts.db else str(Path(opts.db).expanduser().resolve())
+    threads = opts.threads if settings.read()["threads"] else max(1, int(cpus_per_job))
+    return dataclasses.replace(opts, db=store_db, device=device, threads=threads)
+
+
+def _shown(db: str) -> str:
+    """The --db to repeat, without its password (the user has it; logs need not)."""
+    if "://" not in db:
+        return db
+    from sqlalchemy.engine import make_url
+
+    return make_url(db).render_as_string(hide_password=True)
+
+
+def _resources(r: dict[str, float]) -> str:
+    gpus = r.get("GPU", 0)
+    return f"{r.get('CPU', 0):g} CPUs" + (f", {gpus:g} GPUs" if gpus else "")
+
+
+def _progress_table(b: Any, budget: int) -> Table:
+    rows = b.progress()
+    evaluated = sum(r["evaluated"] for r in rows)
+    minutes = max(1e-9, (time.monotonic() - b.started) / 60)
+    t = Table(title=f"batch run {b.cfg.run_id}",
+              caption=f"{minutes * 60:.0f} s   {evaluated} evaluations   {evaluated / minutes:.1f}/min")
+    for col in ("task", "strategy", "evaluated", "correct", "best speedup", "job"):
+        t.add_column(col, justify="left" if col in ("task", "strategy", "job") else "right")
+    for r in rows:
+        best = r["best_speedup"]
+        t.add_row(r["task"], r["strategy"], f"{r['evaluated']}/{budget}", str(r["counts"].get("ok", 0)),
+                  f"{best:.2f}x" if best is not None else "-", r["state"])
+    return t
