@@ -74,15 +74,63 @@ class WorkerError(RuntimeError):
         return str(self.meta.get("class", "runtime_error"))
 
 
+class ForkedProcess:
+    """What a Worker needs to know about the process behind its socket, for a fork-server worker:
+    the exit status from its pid-1 parent, its cgroup, its log file. Other sandboxes (sandbox/
+    docker.py) give a Worker an object with the same five methods."""
+
+    def __init__(self, pid: int, status_r: int, workdir: Path, log_path: Path, cgroup: Cgroup | None):
+        self.pid, self.status_r, self.workdir, self.log_path, self.cgroup = pid, status_r, workdir, log_path, cgroup
+        self._wait_status: int | None = None
+
+    def wait_status(self, timeout: float) -> int | None:
+        if self._wait_status is None:
+            ready, _, _ = select.select([self.status_r], [], [], timeout)
+            if ready:
+                try:
+                    data = os.read(self.status_r, 4096)
+                    self._wait_status = int(json.loads(data)["wait_status"]) if data else None
+                except (OSError, ValueError, KeyError, TypeError):
+                    pass
+        return self._wait_status
+
+    def memory_exceeded(self) -> bool:
+        return bool(self.cgroup and self.cgroup.memory_exceeded())
+
+    def log_tail(self, limit: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                size = f.tell()
+                f.seek(max(0, size - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: os.kill(self.pid, signal.SIGKILL)):
+            try:
+                target()
+            except (ProcessLookupError, PermissionError):
+                pass
+        if self.cgroup:
+            self.cgroup.kill_all()
+
+    def release(self) -> None:
+        """After kill: free what the process held."""
+        os.close(self.status_r)
+        if self.cgroup:
+            self.cgroup.remove()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
 class Worker:
-    def __init__(self, sandbox: "ProcessSandbox", sock: socket.socket, status_r: int, pid: int,
-                 workdir: Path, log_path: Path, cgroup: Cgroup | None):
-        self.sandbox, self.sock, self.status_r, self.pid = sandbox, sock, status_r, pid
-        self.workdir, self.log_path, self.cgroup = workdir, log_path, cgroup
+    def __init__(self, sandbox: Any, sock: socket.socket, proc: Any):
+        """`sandbox` builds kernels (`.build(spec)`); `proc` is a ForkedProcess or the like."""
+        self.sandbox, self.sock, self.proc = sandbox, sock, proc
         self.builds: list[BuildResult] = []
         self.notes: list[str] = []
         self.arch_override: str | None = None  # compile-only: build CUDA for this target
-        self._wait_status: int | None = None
         self._closed = False
 
     # --- messages ---
@@ -136,15 +184,7 @@ class Worker:
     # --- end of life ---
     def wait_status(self, timeout: float = 2.0) -> int | None:
         """The worker's wait status as its pid-1 parent saw it (None if unknown yet)."""
-        if self._wait_status is None:
-            ready, _, _ = select.select([self.status_r], [], [], timeout)
-            if ready:
-                try:
-                    data = os.read(self.status_r, 4096)
-                    self._wait_status = int(json.loads(data)["wait_status"]) if data else None
-                except (OSError, ValueError, KeyError, TypeError):
-                    pass
-        return self._wait_status
+        return self.proc.wait_status(timeout)
 
     def describe_exit(self) -> str:
         status = self.wait_status()
@@ -153,28 +193,15 @@ class Worker:
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            extra = " (memory limit)" if self.cgroup and self.cgroup.memory_exceeded() else ""
+            extra = " (memory limit)" if self.proc.memory_exceeded() else ""
             return f"the worker was killed by {name}{extra}"
         return f"the worker exited with code {os.WEXITSTATUS(status)} before answering"
 
     def log_tail(self, limit: int = 4000) -> str:
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                size = f.tell()
-                f.seek(max(0, size - limit))
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
+        return self.proc.log_tail(limit)
 
     def kill(self) -> None:
-        for target in (lambda: os.killpg(self.pid, signal.SIGKILL), lambda: os.kill(self.pid, signal.SIGKILL)):
-            try:
-                target()
-            except (ProcessLookupError, PermissionError):
-                pass
-        if self.cgroup:
-            self.cgroup.kill_all()
+        self.proc.kill()
 
     def close(self) -> None:
         if self._closed:
@@ -187,10 +214,7 @@ class Worker:
         self.wait_status(timeout=0.5)
         self.kill()
         self.sock.close()
-        os.close(self.status_r)
-        if self.cgroup:
-            self.cgroup.remove()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        self.proc.release()
 
 
 def _safe_flag(flag: str) -> bool:
@@ -302,7 +326,7 @@ class ProcessSandbox:
         if not reply:
             raise RuntimeError("the fork server died")
         pid = int(json.loads(reply)["pid"])
-        return Worker(self, ours, status_r, pid, workdir, log_path, cgroup)
+        return Worker(self, ours, ForkedProcess(pid, status_r, workdir, log_path, cgroup))
 
     def close(self) -> None:
         if self._ctrl is not None:
