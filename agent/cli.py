@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, read_candidate, tasks_app
-from agent.runtime import UserError, cli_errors, evaluator, open_store, options
+from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
 
 @app.command("eval")
@@ -18,14 +18,14 @@ def eval_cmd(
     task_file: Path = typer.Argument(..., help="KernelBench task file (Model, get_inputs, get_init_inputs)"),
     candidate_file: Path = typer.Argument(..., help="Candidate file defining ModelNew"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt,
-    as_json: bool = JsonOpt,
+    as_json: bool = JsonOpt, sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
 ) -> None:
     """Evaluate one candidate against a task, store the result and print the verdict."""
     from tasks.spec import load_task
 
     task = load_task(task_file)
     source = read_candidate(candidate_file)
-    opts = options(db, device, timeout)
+    opts = options(db, device, timeout, sandbox, image)
     store = open_store(opts.db)  # opened first: a bad --db fails before any work
     with evaluator(opts) as ev:
         verdict = ev.evaluate(task, source)
@@ -147,6 +147,9 @@ def tasks_check(task_file: Path = typer.Argument(..., help="Task file to validat
 
 def main() -> None:
     from agent import cli_optimize  # noqa: F401 - registers its commands on the app
+    from agent import cli_sandbox  # noqa: F401 - registers its commands on the app
+    from agent import cli_batch  # noqa: F401 - registers `batch`
+    from agent import cli_review  # noqa: F401 - registers its commands on the app
 
     app()
 

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, err_console
-from agent.runtime import UserError, cli_errors, evaluator, open_store, options
+from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
 
 def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concurrency: int) -> Any:
@@ -46,6 +46,7 @@ def optimize_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the search's own choices"),
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run (after a kill or Ctrl-C)"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
 ) -> None:
     """Optimize kernels for a task set: ask, evaluate, learn, repeat; every result is stored."""
     from agent.optimize import OptimizeConfig, Optimizer
@@ -53,7 +54,7 @@ def optimize_cmd(
     from agent.tuner import STRATEGIES as TUNERS
     from tasks.registry import resolve
 
-    opts = options(db, device, timeout)
+    opts = options(db, device, timeout, sandbox, image)
     store = open_store(opts.db)
     if resume is not None:
         run = store.run(resume)
@@ -63,7 +64,7 @@ def optimize_cmd(
         suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
         tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
         api_key_env, concurrency = c.get("api_key_env", api_key_env), c.get("concurrency", concurrency)
-        opts = options(db, device, timeout)
+        opts = options(db, device, timeout, sandbox, image)
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     if tuner not in TUNERS:

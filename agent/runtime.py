@@ -55,9 +55,16 @@ class Options:
     memory_bytes: int | None
     threads: int
     isolate: bool
+    sandbox: str = "process"  # or "docker"
+    image: str | None = None  # the docker sandbox's image
 
 
-def options(db: str | None, device: str, timeout: float | None) -> Options:
+SandboxOpt = typer.Option("process", "--sandbox", help="process (fork server, OS limits) or docker (a container per evaluation)")
+ImageOpt = typer.Option(None, "--image", help="Docker image for --sandbox docker [default: the newest kernelwright-sandbox image]")
+
+
+def options(db: str | None, device: str, timeout: float | None, sandbox: str = "process",
+            image: str | None = None) -> Options:
     try:
         s = settings_mod.read()
     except ValueError as e:
@@ -72,12 +79,36 @@ def options(db: str | None, device: str, timeout: float | None) -> Options:
     t = timeout if timeout is not None else s["timeout"]
     if t <= 0:
         raise UserError("--timeout must be positive")
+    if sandbox not in ("process", "docker"):
+        raise UserError(f"unknown sandbox {sandbox!r} (use process or docker)")
+    if image and sandbox != "docker":
+        raise UserError("--image needs --sandbox docker")
+    if sandbox == "docker":
+        image = _docker_image(image)
     return Options(
         db=db or s["db"], device=device, timeout_s=t, cache_dir=Path(s["cache"]).expanduser(),
         workdir=Path(s["workdir"] or Path(tempfile.gettempdir()) / "kernelwright"),
         memory_bytes=int(s["memory_gb"] * (1 << 30)) or None, threads=s["threads"] or (os.cpu_count() or 1),
-        isolate=s["isolate"],
+        isolate=s["isolate"], sandbox=sandbox, image=image,
     )
+
+
+def _docker_image(image: str | None) -> str:
+    """The image to use, checked now: a missing daemon or image fails before any work."""
+    from sandbox.docker import DockerUnavailable, client_or_raise
+    from sandbox.image import find_image, latest_tag
+
+    try:
+        client = client_or_raise()
+    except DockerUnavailable as e:
+        raise UserError(f"--sandbox docker: {e}") from None
+    if image is None:
+        image = latest_tag(client)
+        if image is None:
+            raise UserError("--sandbox docker: no kernelwright-sandbox image here (run `kernelwright sandbox build-image`)")
+    elif find_image(client, image) is None:
+        raise UserError(f"--image {image}: no such image here (build one with `kernelwright sandbox build-image`)")
+    return image
 
 
 @contextlib.contextmanager
@@ -87,8 +118,19 @@ def evaluator(opts: Options, **eval_kw: Any) -> Iterator[Any]:
 
     sb_cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
                            threads=opts.threads, isolate=opts.isolate, device=opts.device)
-    with ProcessSandbox(sb_cfg) as sb:
+    if opts.sandbox == "docker":
+        from sandbox.docker import DockerConfig, DockerSandbox, DockerUnavailable
+
+        try:
+            sandbox: Any = DockerSandbox(sb_cfg, DockerConfig(image=str(opts.image)))
+        except DockerUnavailable as e:
+            raise UserError(f"--sandbox docker: {e}") from None
+    else:
+        sandbox = ProcessSandbox(sb_cfg)
+    with sandbox as sb:
         ev = Evaluator(sb, EvalConfig(device=opts.device, timeout_s=opts.timeout_s, **eval_kw))
+        if opts.sandbox == "docker":
+            sb.device_lock = ev.device_lock  # container warm-ups never overlap a timing phase
         try:
             yield ev
         finally:

@@ -276,11 +276,18 @@ class _CandidateRun:
             except ReferenceFailed as e:  # no torch.compile figure, but the eager one stands
                 self.flags.append(f"no torch.compile reference: {str(e).splitlines()[0][:200]}")
         self.init(None)
-        t0 = time.perf_counter()
-        _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
-        self.timing = cand = timing_from_meta(meta, (time.perf_counter() - t0) * 1e3)
-        if not cand.samples_ms:
-            raise _Fail(Status.RUNTIME_ERROR, "the timing loop returned no samples")
+        for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
+            t0 = time.perf_counter()
+            _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
+            self.timing = cand = timing_from_meta(meta, (time.perf_counter() - t0) * 1e3)
+            if not cand.samples_ms:
+                raise _Fail(Status.RUNTIME_ERROR, "the timing loop returned no samples")
+            every = list(cand.warmup_ms[1:]) + list(cand.samples_ms)  # the first call may pay lazy set-up
+            if not (len(every) >= 8 and max(every) > 0.5 * sum(every) and max(every) > 20 * cand.median_ms):
+                break
+            if attempt == 2:
+                raise _Fail(Status.REJECTED, f"batch_and_skip: one call took {max(every):.2f} ms of "
+                            f"{sum(every):.2f} ms in all (median {cand.median_ms:.3f} ms), twice")
         ref = self.ref_timing
         synced = sorted(float(x) for x in meta.get("synced_ms", []))
         if self.device == "cuda" and synced:
@@ -288,10 +295,6 @@ class _CandidateRun:
             if s_med > 1.5 * cand.median_ms + 0.05:
                 raise _Fail(Status.REJECTED, f"hidden_stream_work: {s_med:.3f} ms with a device-wide sync against "
                             f"{cand.median_ms:.3f} ms on the timed stream")
-        every = list(cand.warmup_ms[1:]) + list(cand.samples_ms)  # the first call may pay lazy set-up
-        if len(every) >= 8 and max(every) > 0.5 * sum(every) and max(every) > 20 * cand.median_ms:
-            raise _Fail(Status.REJECTED, f"batch_and_skip: one call took {max(every):.2f} ms of "
-                        f"{sum(every):.2f} ms in all (median {cand.median_ms:.3f} ms)")
         self.spot_check(cand, params)
         speedup = ref.median_ms / cand.median_ms if cand.median_ms > 0 else float("inf")
         if speedup > self.ev.cfg.policy.suspicious_speedup:

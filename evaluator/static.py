@@ -24,6 +24,9 @@ BANNED_MODULES = {
     "agent": "harness introspection", "sandbox.worker": "harness introspection",
     "sandbox.protocol": "harness introspection", "sandbox.zygote": "harness introspection",
     "sandbox.process": "harness introspection", "sandbox.compiler": "harness introspection",
+    "sandbox.docker": "harness introspection", "sandbox.container": "harness introspection",
+    "sandbox.image": "harness introspection", "sandbox.jail": "harness introspection",
+    "sandbox.limits": "harness introspection", "sandbox.env": "harness introspection",
 }
 BANNED_NAMES = {"eval", "exec", "compile", "__import__", "globals", "vars", "locals", "breakpoint",
                 "open", "setattr", "delattr", "memoryview"}

@@ -64,6 +64,25 @@ def run_gpu_tests(timeout_s: float) -> dict:
     return {"returncode": code, "seconds": round(time.monotonic() - t0, 1), "tail": text[-3000:]}
 
 
+def preflight(cache: Path) -> bool:
+    """Can a jailed worker use the GPU? If not, say why and go on without the namespaces."""
+    from sandbox.process import WorkerDied
+
+    for isolate in (True, False):
+        with ProcessSandbox(SandboxConfig(cache_dir=cache, device="cuda", isolate=isolate)) as sb:
+            w = sb.spawn(120)
+            try:
+                _, hello, _ = w.receive(time.monotonic() + 120)
+                print(f"preflight: a {'jailed' if isolate else 'plain'} worker starts on the GPU; notes: "
+                      f"{hello.get('notes')}", flush=True)
+                return isolate
+            except WorkerDied as e:
+                print(f"preflight: isolate={isolate} failed: {e}\n{w.log_tail(1500)}", flush=True)
+            finally:
+                w.close()
+    return False
+
+
 def dump(report: dict, out: str) -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -100,7 +119,9 @@ def main() -> int:
 
     tasks = [t for t in suite_tasks("gpu") if not args.tasks or t.name in args.tasks.split(",")]
     cache = Path(os.environ.get("KERNELWRIGHT_CACHE", "/tmp/kernelwright-cache"))
-    sandboxes = {d: ProcessSandbox(SandboxConfig(cache_dir=cache, device=d)) for d in ("cpu", "cuda")}
+    isolate = preflight(cache)
+    report["isolate"] = isolate
+    sandboxes = {d: ProcessSandbox(SandboxConfig(cache_dir=cache, device=d, isolate=isolate)) for d in ("cpu", "cuda")}
     evaluators = {d: Evaluator(sb, EvalConfig(device=d, timeout_s=150, timing=TIMING)) for d, sb in sandboxes.items()}
     queue: list[tuple[object, dict | None]] = []
     for task in tasks:
