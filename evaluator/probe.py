@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from evaluator import inputs as inputs_mod
+from evaluator.instruments import (CountingModule, CudaTimer, OpRecorder, aliases, checksum, guarded,
+                                   native_threads)
 from sandbox import fastpath
 from sandbox.compiler import CompileSpec
 from sandbox.protocol import pack_tree
@@ -27,43 +28,13 @@ from sandbox.worker import CompileFailure
 from tasks.spec import apply_variant, import_file
 
 _clock_ns = time.perf_counter_ns
-_GUARD_BYTES = 4096
-
-
-class _OpRecorder(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: set[str] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        self.ops.add(func._schema.name)
-        return func(*args, **(kwargs or {}))
 
 
 def warm_up() -> None:
     """Called once in the fork server: pays torch's lazy imports for dispatch modes. One-element
     ops never start a thread pool, so forks stay clean (and no CUDA is touched)."""
-    with torch.no_grad(), _OpRecorder():
+    with torch.no_grad(), OpRecorder():
         torch.ones(1).add(1)
-
-
-class _CountingModule:
-    """Wraps a load_inline module so that calls into it are counted (ghost-kernel check)."""
-
-    def __init__(self, module: Any, counter: collections.Counter):
-        self._module, self._counter = module, counter
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._module, name)
-        if not callable(attr):
-            return attr
-        counter = self._counter
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            counter[name] += 1
-            return attr(*args, **kwargs)
-
-        return call
 
 
 def _compile_inline_cuda(ce: Any, rpc: Any, arch: str, args: tuple, kwargs: dict[str, Any]) -> Any:
@@ -85,28 +56,6 @@ def _compile_inline_cuda(ce: Any, rpc: Any, arch: str, args: tuple, kwargs: dict
             raise RuntimeError("compile-only: the extension was not built")
 
     return CompileOnly()
-
-
-def _native_threads() -> int:
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return threading.active_count()
-
-
-def _checksum(value: Any) -> list[list[float]]:
-    """Sum and sum of magnitudes per output tensor: cheap, yet a stale or skipped output shows."""
-    out: list[Any] = []
-    pack_tree(value, out)
-    sums = []
-    for t in out:
-        t = t.detach()
-        if not t.is_floating_point():
-            t = t.double() if not t.is_complex() else t.abs()
-        elif t.element_size() < 4:
-            t = t.float()
-        sums.append([float(t.sum()), float(t.abs().sum())] if t.numel() else [0.0, 0.0])
-    return sums
 
 
 class Probe:
@@ -162,7 +111,7 @@ class Probe:
                 module = original(*args, **kwargs)
             except Exception as e:  # the build log is in the message
                 raise CompileFailure(str(e)) from None
-            return _CountingModule(module, counter)
+            return CountingModule(module, counter)
 
         ce.load_inline = load_inline
 
@@ -252,11 +201,11 @@ class Probe:
         args = self._place(args)
         guards = []
         if checks and self.device.type == "cpu":
-            args, guards = _guarded(args)
+            args, guards = guarded(args)
         report: dict[str, Any] = {}
-        py0, os0 = threading.active_count(), _native_threads()
+        py0, os0 = threading.active_count(), native_threads()
         launches0, inline0 = sum(fastpath.launches().values()), sum(self.inline_calls.values())
-        recorder = _OpRecorder() if checks else contextlib.nullcontext()
+        recorder = OpRecorder() if checks else contextlib.nullcontext()
         profiler = self._profiler() if checks and self.device.type == "cuda" else None
         try:
             if profiler is not None:
@@ -282,9 +231,9 @@ class Probe:
             report["kernel_calls"] = (sum(fastpath.launches().values()) - launches0
                                       + sum(self.inline_calls.values()) - inline0)
             report["python_threads_added"] = threading.active_count() - py0
-            report["native_threads_added"] = _native_threads() - os0
+            report["native_threads_added"] = native_threads() - os0
             report["guard_violations"] = [i for i, g in guards if not g()]
-            report["aliases"] = _aliases(sent, args)
+            report["aliases"] = aliases(sent, args)
             report["plain"] = plain
             if profiler is not None:
                 try:
@@ -323,7 +272,7 @@ class Probe:
         target_ns, slow_ms = float(meta["target_s"]) * 1e9, meta.get("slow_ms")
         early_iters = int(meta.get("early_iters", 5))
         cuda = self.device.type == "cuda"
-        timer = _CudaTimer(self.device) if cuda else None
+        timer = CudaTimer(self.device) if cuda else None
         model = self.model
         if meta.get("compiled"):  # the reference under torch.compile (reference worker only)
             if self.compiled is None:
@@ -345,7 +294,7 @@ class Probe:
             else:
                 samples.append(ms)
                 synced.append(ms_synced)
-                sums.append(_checksum(out))
+                sums.append(checksum(out))
                 spent += ms * 1e6
             i += 1
             if i >= max_iters or (i >= min_iters and spent >= target_ns):
@@ -359,79 +308,3 @@ class Probe:
                          "last_index": i - 1, "tree": tree, "early_exit": early}, sent
 
 
-class _CudaTimer:
-    """Events around one call, after an L2 flush; a second end event after a device-wide
-    synchronize exposes work hidden on other streams."""
-
-    def __init__(self, device: torch.device):
-        props = torch.cuda.get_device_properties(device)
-        l2 = getattr(props, "L2_cache_size", 50 << 20) or (50 << 20)
-        self.flush = torch.empty(2 * l2 // 4, dtype=torch.float32, device=device)
-        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
-        self.reset_l2 = _persisting_l2_reset()
-
-    def time(self, model: Any, args: list[Any]) -> tuple[float, float, Any]:
-        if self.reset_l2:
-            self.reset_l2()
-        self.flush.zero_()
-        torch.cuda.synchronize()
-        start, end, end_synced = self.events
-        start.record()
-        out = model(*args)
-        end.record()
-        torch.cuda.synchronize()
-        end_synced.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end), start.elapsed_time(end_synced), out
-
-
-def _persisting_l2_reset() -> Any:
-    import ctypes
-
-    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12"):
-        try:
-            fn = ctypes.CDLL(name).cudaCtxResetPersistingL2Cache
-            return lambda: fn()
-        except (OSError, AttributeError):
-            continue
-    return None
-
-
-def _guarded(args: list[Any]) -> tuple[list[Any], list[tuple[int, Any]]]:
-    """Place each input tensor between two guard bands; a check reports any write into them."""
-    out, checks = [], []
-    for i, a in enumerate(args):
-        if not isinstance(a, torch.Tensor) or a.numel() == 0:
-            out.append(a)
-            continue
-        pad = max(1, _GUARD_BYTES // a.element_size())
-        buf = torch.empty(a.numel() + 2 * pad, dtype=a.dtype, device=a.device)
-        buf.view(torch.uint8).fill_(0xA5)
-        view = buf[pad:pad + a.numel()].view(a.shape)
-        view.copy_(a)
-        head, tail = buf[:pad].clone(), buf[pad + a.numel():].clone()
-
-        def ok(buf=buf, pad=pad, n=a.numel(), head=head, tail=tail) -> bool:
-            return bool(torch.equal(buf[:pad].view(torch.uint8), head.view(torch.uint8))
-                        and torch.equal(buf[pad + n:].view(torch.uint8), tail.view(torch.uint8)))
-
-        out.append(view)
-        checks.append((i, ok))
-    return out, checks
-
-
-def _aliases(outputs: list[Any], args: list[Any]) -> list[int]:
-    spans = []
-    for a in args:
-        if isinstance(a, torch.Tensor) and a.numel():
-            s = a.untyped_storage()
-            spans.append((s.data_ptr(), s.data_ptr() + s.nbytes()))
-    found = []
-    for i, t in enumerate(outputs):
-        if t.numel() == 0:
-            continue
-        lo = t.data_ptr()
-        hi = lo + t.numel() * t.element_size()
-        if any(lo < b and a < hi for a, b in spans):
-            found.append(i)
-    return found
