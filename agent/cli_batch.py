@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, err_console
-from agent.runtime import UserError, cli_errors, open_store, options
+from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, open_store, options
 
 
 @app.command("batch")
@@ -39,6 +39,7 @@ def batch_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of the search's own choices"),
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
 ) -> None:
     """Optimize many tasks at once on a Ray cluster (a local one by default), into one shared store."""
     from agent import batch, settings
@@ -47,7 +48,7 @@ def batch_cmd(
     from agent.tuner import STRATEGIES as TUNERS
     from tasks.registry import resolve
 
-    opts = _options(db, device, timeout, cpus_per_job)
+    opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
     store = open_store(opts.db)
     if resume is not None:
         run = store.run(resume)
@@ -57,7 +58,7 @@ def batch_cmd(
         suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
         tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
         api_key_env, concurrency, max_cost = c["api_key_env"], c["concurrency"], c["max_cost"]
-        opts = _options(db, device, timeout, cpus_per_job)
+        opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     if tuner not in TUNERS:
@@ -78,7 +79,7 @@ def batch_cmd(
     config = {"suite": suite_name, "tasks": [str(t.path) for t in tasks] if task else [], "strategy": strategy,
               "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed, "model": model,
               "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "device": device,
-              "max_cost": max_cost, "address": address}
+              "max_cost": max_cost, "address": address, "sandbox": opts.sandbox, "image": opts.image}
     say = err_console.print if as_json else console.print
     try:
         resources = batch.connect(address, workers, worker_logs=not as_json)
@@ -110,7 +111,8 @@ def batch_cmd(
                                               on_progress=lambda b: live.update(_progress_table(b, budget)))
         except KeyboardInterrupt:
             err_console.print(f"Interrupted. Resume with: kernelwright batch --resume {run_id}"
-                              + (f" --db {_shown(db)}" if db else "") + (f" --address {address}" if address else ""))
+                              + (f" --db {_shown(db)}" if db else "") + (f" --address {address}" if address else "")
+                              + (f" --sandbox docker --image {opts.image}" if opts.sandbox == "docker" else ""))
             raise typer.Exit(130) from None
     finally:
         batch.shutdown()
@@ -125,17 +127,20 @@ def batch_cmd(
         raise typer.Exit(1)
 
 
-def _options(db: str | None, device: str, timeout: float | None, cpus_per_job: float) -> Any:
+def _options(db: str | None, device: str, timeout: float | None, cpus_per_job: float, sandbox: str,
+             image: str | None) -> Any:
     """The optimize options, for workers: the GPU is checked where jobs run, not here; a SQLite
-    path is made absolute (workers start elsewhere); threads follow the job's CPUs unless set."""
+    path is made absolute (workers start elsewhere); threads follow the job's CPUs unless set.
+    A docker image is looked up here, on the driver's engine: every node needs the same tag."""
     from agent import settings
 
     if device not in ("cpu", "cuda"):
         raise UserError(f"unknown device {device!r} (use cpu or cuda)")
-    opts = options(db, "cpu", timeout)
+    opts = options(db, "cpu", timeout, sandbox, image)
     store_db = opts.db if "://" in opts.db else str(Path(opts.db).expanduser().resolve())
     threads = opts.threads if settings.read()["threads"] else max(1, int(cpus_per_job))
-    return dataclasses.replace(opts, db=store_db, device=device, threads=threads)
+    # no timing cores apart: jobs on one node would all time on the same cores at once
+    return dataclasses.replace(opts, db=store_db, device=device, threads=threads, timing_cpus=())
 
 
 def _shown(db: str) -> str:

@@ -57,6 +57,7 @@ class Options:
     isolate: bool
     sandbox: str = "process"  # or "docker"
     image: str | None = None  # the docker sandbox's image
+    timing_cpus: tuple[int, ...] = ()  # sandbox/cpus.py; () : timing has the whole machine
 
 
 SandboxOpt = typer.Option("process", "--sandbox", help="process (fork server, OS limits) or docker (a container per evaluation)")
@@ -85,11 +86,20 @@ def options(db: str | None, device: str, timeout: float | None, sandbox: str = "
         raise UserError("--image needs --sandbox docker")
     if sandbox == "docker":
         image = _docker_image(image)
+    from sandbox.cpus import partition
+
+    try:
+        timing_cpus = partition(s["timing_cpus"], device)
+    except ValueError as e:
+        raise UserError(f"KERNELWRIGHT_TIMING_CPUS: {e}") from None
+    if sandbox == "docker":  # the engine's own work (starting, removing containers) goes on any core
+        timing_cpus = ()
+    threads = s["threads"] or len(timing_cpus) or (os.cpu_count() or 1)
     return Options(
         db=db or s["db"], device=device, timeout_s=t, cache_dir=Path(s["cache"]).expanduser(),
         workdir=Path(s["workdir"] or Path(tempfile.gettempdir()) / "kernelwright"),
-        memory_bytes=int(s["memory_gb"] * (1 << 30)) or None, threads=s["threads"] or (os.cpu_count() or 1),
-        isolate=s["isolate"], sandbox=sandbox, image=image,
+        memory_bytes=int(s["memory_gb"] * (1 << 30)) or None, threads=threads,
+        isolate=s["isolate"], sandbox=sandbox, image=image, timing_cpus=timing_cpus,
     )
 
 
@@ -117,7 +127,8 @@ def evaluator(opts: Options, **eval_kw: Any) -> Iterator[Any]:
     from sandbox.process import ProcessSandbox, SandboxConfig
 
     sb_cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
-                           threads=opts.threads, isolate=opts.isolate, device=opts.device)
+                           threads=opts.threads, isolate=opts.isolate, device=opts.device,
+                           timing_cpus=opts.timing_cpus)
     if opts.sandbox == "docker":
         from sandbox.docker import DockerConfig, DockerSandbox, DockerUnavailable
 

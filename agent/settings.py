@@ -22,7 +22,10 @@ SETTINGS: dict[str, Setting] = {
     "workdir": Setting("KERNELWRIGHT_WORKDIR", "", str, "where sandbox work directories go (default: the temp dir)"),
     "timeout": Setting("KERNELWRIGHT_TIMEOUT", 120.0, float, "seconds one candidate may take, compile to verdict"),
     "memory_gb": Setting("KERNELWRIGHT_MEMORY_GB", 0.0, float, "memory cap per worker (0: half of RAM)"),
-    "threads": Setting("KERNELWRIGHT_THREADS", 0, int, "threads per worker (0: all cores)"),
+    "threads": Setting("KERNELWRIGHT_THREADS", 0, int, "threads per worker (0: all timing cores)"),
+    "timing_cpus": Setting("KERNELWRIGHT_TIMING_CPUS", "auto", str,
+                           "CPU device: cores kept for timing while others compile and check: auto (the "
+                           "upper half), all (timing has the whole machine, one evaluation at a time), or 2,3"),
     "isolate": Setting("KERNELWRIGHT_ISOLATE", True, lambda s: s.lower() not in ("0", "false", "no"),
                        "namespaces for workers where the OS allows"),
     "base_url": Setting("OPENAI_BASE_URL", "", str, "OpenAI-compatible endpoint"),

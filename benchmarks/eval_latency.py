@@ -13,6 +13,7 @@ Figures only; nothing here asserts.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -25,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent import knobs  # noqa: E402
 from evaluator.cascade import EvalConfig, Evaluator  # noqa: E402
+from sandbox.cpus import partition  # noqa: E402
 from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
 from tasks.registry import suite_tasks  # noqa: E402
 from tasks.spec import load_task  # noqa: E402
@@ -90,8 +92,9 @@ class ModelNew(nn.Module):
 '''
 
 
-def fresh_evaluator(cache: Path) -> tuple[ProcessSandbox, Evaluator]:
-    sb = ProcessSandbox(SandboxConfig(cache_dir=cache))
+def fresh_evaluator(cache: Path, timing_cpus: str = "auto") -> tuple[ProcessSandbox, Evaluator]:
+    """As the CLI builds it by default: on a CPU, timing cores apart from the compile cores."""
+    sb = ProcessSandbox(SandboxConfig.partitioned(cache, spec=timing_cpus))
     return sb, Evaluator(sb, EvalConfig())
 
 
@@ -135,7 +138,7 @@ def suite_latency(per_task: int) -> float:
         try:
             lat: dict[str, list[float]] = {}
             for task, source in suite_candidates(per_task):
-                ev.reference(task)  # the reference is shared by all candidates of a task: not per-candidate cost
+                ev.warm(task)  # reference outputs and timing: once per task and run, not per candidate
                 t, status = timed(ev, task, source)
                 lat.setdefault(f"{task.name} ({status})", []).append(t)
         finally:
@@ -153,9 +156,10 @@ def throughput(workers: int, candidates: list) -> float:
         sb, ev = fresh_evaluator(Path(cache))
         try:
             for task in {id(t): t for t, _ in candidates}.values():
-                ev.reference(task)
+                ev.warm(task)
             todo = list(candidates)
             lock = threading.Lock()
+            statuses: dict[str, int] = {}
 
             def work() -> None:
                 while True:
@@ -163,7 +167,12 @@ def throughput(workers: int, candidates: list) -> float:
                         if not todo:
                             return
                         task, source = todo.pop()
-                    ev.evaluate(task, source)
+                    v = ev.evaluate(task, source)
+                    status = v.status.value
+                    if status != "ok":
+                        print(f"  {task.name}: {status}: {v.reason}", flush=True)
+                    with lock:
+                        statuses[status] = statuses.get(status, 0) + 1
 
             t0 = time.perf_counter()
             threads = [threading.Thread(target=work) for _ in range(workers)]
@@ -176,25 +185,32 @@ def throughput(workers: int, candidates: list) -> float:
             ev.close()
             sb.close()
     per_min = len(candidates) / elapsed * 60
-    print(f"{workers} compile worker(s): {len(candidates)} candidates in {elapsed:.1f} s = {per_min:.1f} per minute")
+    print(f"{workers} compile worker(s): {len(candidates)} candidates in {elapsed:.1f} s = {per_min:.1f} per minute "
+          f"(statuses {statuses})")
     return per_min
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer samples")
+    ap.add_argument("--sections", default="1,2,3", help="which parts to run, e.g. 3")
     args = ap.parse_args()
-    n = 3 if args.quick else 5
-    print("== 1. the same kernel: fast path vs load_inline")
-    f, i = fast_vs_inline(n, 2 if args.quick else 3)
-    print("== 2. cpu suite, per candidate")
-    suite_latency(2 if args.quick else 3)
-    print("== 3. candidates per minute")
-    cands = suite_candidates(2)
-    one = throughput(1, cands)
-    two = throughput(2, cands)
-    print(f"2 vs 1 compile workers: {two / one:.2f}x candidates per minute")
-    print(f"fast/load_inline median latency ratio: {f / i:.4f}")
+    n, parts = 3 if args.quick else 5, set(args.sections.split(","))
+    print(f"timing cores: {list(partition('auto', 'cpu')) or 'all'} of {sorted(os.sched_getaffinity(0))}")
+    if "1" in parts:
+        print("== 1. the same kernel: fast path vs load_inline")
+        f, i = fast_vs_inline(n, 2 if args.quick else 3)
+    if "2" in parts:
+        print("== 2. cpu suite, per candidate")
+        suite_latency(2 if args.quick else 3)
+    if "3" in parts:
+        print("== 3. candidates per minute")
+        cands = suite_candidates(3)
+        one = throughput(1, cands)
+        two = throughput(2, cands)
+        print(f"2 vs 1 compile workers: {two / one:.2f}x candidates per minute")
+    if "1" in parts:
+        print(f"fast/load_inline median latency ratio: {f / i:.4f}")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ verdicts; only a broken task (ReferenceFailed) or a bug in kernelwright raises.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import random
 import secrets
 import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -31,9 +32,9 @@ from tasks.spec import Task
 @dataclasses.dataclass(frozen=True)
 class TimingConfig:
     warmup: int = 3
-    min_iters: int = 10
+    min_iters: int = 20
     max_iters: int = 200
-    target_s: float = 0.5
+    target_s: float = 0.5  # wall-clock seconds of the timed loop, fresh inputs included
     early_iters: int = 5  # a candidate slower than `slow_ms` after this many calls stops early
     checksum_checks: int = 2  # timed iterations re-checked against the reference, besides the last
     reference_max_age_s: float = 120.0  # re-time the reference after this: load and clocks drift
@@ -66,9 +67,11 @@ class Evaluator:
         self._refs: dict[str, ReferenceSession] = {}
         self._modules: dict[str, Any] = {}
         self._task_flags: dict[str, list[str]] = {}
-        self._host = fingerprint.host(cfg.device, sandbox.cfg.threads)
+        self._host = {**fingerprint.host(cfg.device, sandbox.cfg.threads),
+                      "sandbox": getattr(sandbox, "description", "process")}  # not part of the id
         self._lock = threading.Lock()  # several candidates may be evaluated at once (threads)
-        self.device_lock = DeviceLock()
+        self.timing_cpus = tuple(getattr(sandbox.cfg, "timing_cpus", ()))
+        self.device_lock = DeviceLock(timing_apart=bool(self.timing_cpus) and cfg.device == "cpu")
 
     # --- reference side ---------------------------------------------------------------
     def reference(self, task: Task) -> ReferenceSession:
@@ -80,6 +83,39 @@ class Evaluator:
         with self.device_lock.shared():
             ref.start(self._init_seed(task))
         return ref
+
+    def warm(self, task: Task) -> None:
+        """Reference outputs and timings now, once per task (they are reused by every candidate
+        until they age): what an evaluation of the task's first candidate would otherwise pay."""
+        ref = self.reference(task)
+        with self.timing_phase():
+            self._reference_timings(task, ref)
+
+    @contextlib.contextmanager
+    def timing_phase(self) -> Iterator[None]:
+        """The device alone: other timing phases wait; with timing cores apart, everything else
+        the sandbox runs moves off them meanwhile (sandbox/cpus.py)."""
+        confine = getattr(self.sandbox, "confine", None) if self.device_lock.timing_apart else None
+        with self.device_lock.exclusive():
+            if confine:
+                confine(True)
+            try:
+                yield
+            finally:
+                if confine:
+                    confine(False)
+
+    def _reference_timings(self, task: Task, ref: ReferenceSession) -> tuple[Timing, Timing | None, str]:
+        """Eager (and on GPUs torch.compile) reference timings, cached by the session; call with
+        the device held exclusively. A failed torch.compile leaves a note, not a failure."""
+        params, max_age = self._timing_params(task), self.cfg.timing.reference_max_age_s
+        eager, compiled, note = ref.timing(params, None, self._init_seed(task), max_age), None, ""
+        if self.cfg.device == "cuda" and self.cfg.compare_compile and task.meta.compile_reference:
+            try:
+                compiled = ref.timing({**params, "compiled": True}, None, self._init_seed(task), max_age)
+            except ReferenceFailed as e:  # no torch.compile figure, but the eager one stands
+                note = f"no torch.compile reference: {str(e).splitlines()[0][:200]}"
+        return eager, compiled, note
 
     def module(self, task: Task) -> Any:
         with self._lock:
@@ -187,7 +223,7 @@ class _CandidateRun:
             first = self.correctness()
             self.stages["correctness"] = time.monotonic() - t
         t = time.monotonic()
-        with lock.exclusive():
+        with self.ev.timing_phase():
             self.stages["timing_wait"] = time.monotonic() - t
             t = time.monotonic()
             meta, out, params = self.time(slow_ms)
@@ -268,18 +304,18 @@ class _CandidateRun:
 
     def time(self, slow_ms: float | None) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
         params = self.ev._timing_params(self.task)
-        max_age = self.ev.cfg.timing.reference_max_age_s
-        self.ref_timing = self.ref.timing(params, None, self.init_seed, max_age)
-        if self.device == "cuda" and self.ev.cfg.compare_compile and self.task.meta.compile_reference:
-            try:
-                self.compiled_timing = self.ref.timing({**params, "compiled": True}, None, self.init_seed, max_age)
-            except ReferenceFailed as e:  # no torch.compile figure, but the eager one stands
-                self.flags.append(f"no torch.compile reference: {str(e).splitlines()[0][:200]}")
+        self.ref_timing, self.compiled_timing, note = self.ev._reference_timings(self.task, self.ref)
+        self.flags += [note] if note else []
         self.init(None)
+        apart = bool(self.ev.timing_cpus) and self.device == "cpu"
+        if apart:
+            self.call("cores", {"timing": True})
         for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), self.w.proc_cpu_seconds()
             _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
-            self.timing = cand = timing_from_meta(meta, (time.perf_counter() - t0) * 1e3)
+            wall_s = time.perf_counter() - t0
+            self.timing = cand = timing_from_meta(meta, wall_s * 1e3)
+            self.check_cores(cpu0, wall_s)
             if not cand.samples_ms:
                 raise _Fail(Status.RUNTIME_ERROR, "the timing loop returned no samples")
             every = list(cand.warmup_ms[1:]) + list(cand.samples_ms)  # the first call may pay lazy set-up
@@ -296,6 +332,8 @@ class _CandidateRun:
                 raise _Fail(Status.REJECTED, f"hidden_stream_work: {s_med:.3f} ms with a device-wide sync against "
                             f"{cand.median_ms:.3f} ms on the timed stream")
         self.spot_check(cand, params)
+        if apart:
+            self.call("cores", {"timing": False})
         speedup = ref.median_ms / cand.median_ms if cand.median_ms > 0 else float("inf")
         if speedup > self.ev.cfg.policy.suspicious_speedup:
             self.flags.append(f"suspicious_speedup: {speedup:.1f}x is above {self.ev.cfg.policy.suspicious_speedup:g}x; "
@@ -304,25 +342,40 @@ class _CandidateRun:
             self.flags.append(f"early_exit: stopped after {len(cand.samples_ms)} calls, clearly slower than the best")
         return meta, out, params
 
+    def check_cores(self, cpu0: float | None, wall_s: float) -> None:
+        """With timing cores apart, a timed candidate may use those cores only: CPU time beyond
+        what they can give in the phase means it moved work onto the others (more cores than
+        the reference was timed on). Measured by the worker's cgroup, which it cannot touch."""
+        cpu1 = self.w.proc_cpu_seconds()
+        if not self.ev.timing_cpus or self.device != "cpu" or cpu0 is None or cpu1 is None:
+            return
+        used, allowed = cpu1 - cpu0, wall_s * len(self.ev.timing_cpus)
+        if used > 1.15 * allowed + 0.05:
+            raise _Fail(Status.REJECTED, f"cores_escaped: {used:.2f} s of CPU time in a {wall_s:.2f} s timing phase "
+                        f"on {len(self.ev.timing_cpus)} timing core(s) (work moved off the timing cores)")
+
     def spot_check(self, cand: Timing, params: dict[str, Any], calls: int = 7) -> None:
         """Single calls timed by the supervisor's own clock (round trip minus a no-op's): a
         worker that reports faster timings than its calls really take is caught here. Minima,
-        because load on the machine only ever adds time, and a call cannot be faster than it is."""
-        pings, trips = [], []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            self.call("ping", {})
-            pings.append((time.perf_counter() - t0) * 1e3)
-        for k in range(calls):
-            self.call("prepare", {"seed": params["seed"], "index": 1_000_000 + k})
-            t0 = time.perf_counter()
-            self.call("call", {})
-            trips.append((time.perf_counter() - t0) * 1e3)
-        seen = min(trips) - min(pings)
-        self.spot_ms = seen
-        if seen > max(2.0 * cand.median_ms, cand.median_ms + 0.5):
-            raise _Fail(Status.REJECTED, f"timing_mismatch: calls timed by the supervisor take {seen:.3f} ms, "
-                        f"the worker reported a median of {cand.median_ms:.3f} ms (fooled clock or escaped work)")
+        because load on the machine only ever adds time, and a call cannot be faster than it is.
+        A virtual machine can still slow a whole round (a descheduled or moved vCPU), so a
+        mismatch must show in two rounds; a forged clock shows in every round."""
+        for attempt, first_index in ((1, 1_000_000), (2, 2_000_000)):
+            pings, trips = [], []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                self.call("ping", {})
+                pings.append((time.perf_counter() - t0) * 1e3)
+            for k in range(calls):
+                self.call("prepare", {"seed": params["seed"], "index": first_index + k})
+                t0 = time.perf_counter()
+                self.call("call", {})
+                trips.append((time.perf_counter() - t0) * 1e3)
+            self.spot_ms = seen = min(trips) - min(pings)
+            if seen <= max(2.0 * cand.median_ms, cand.median_ms + 0.5):
+                return
+        raise _Fail(Status.REJECTED, f"timing_mismatch: calls timed by the supervisor take {seen:.3f} ms, "
+                    f"the worker reported a median of {cand.median_ms:.3f} ms (fooled clock or escaped work)")
 
     def validate_timed(self, meta: dict[str, Any], out: list[Any], params: dict[str, Any]) -> None:
         """Outputs produced during timing must be right: the last in full, others by checksum."""

@@ -1,6 +1,10 @@
 """Who may use the device when: many candidates may compile and check at once, but a timing
 phase has the device to itself (a kernel timed while other work shares its device measures the
-other work). Writers (timing) are preferred, so compiles cannot starve the timer."""
+other work). Writers (timing) are preferred, so compiles cannot starve the timer.
+
+With `timing_apart` (a CPU device whose timing has cores of its own, sandbox/cpus.py) compiles
+and checks never touch the timing cores: they need no lock, and timing phases only exclude
+each other."""
 from __future__ import annotations
 
 import contextlib
@@ -9,7 +13,8 @@ from typing import Iterator
 
 
 class DeviceLock:
-    def __init__(self) -> None:
+    def __init__(self, timing_apart: bool = False) -> None:
+        self.timing_apart = timing_apart
         self._cond = threading.Condition()
         self._shared = 0
         self._exclusive = False
@@ -17,6 +22,9 @@ class DeviceLock:
 
     @contextlib.contextmanager
     def shared(self) -> Iterator[None]:
+        if self.timing_apart:
+            yield
+            return
         with self._cond:
             while self._exclusive or self._waiting:
                 self._cond.wait()

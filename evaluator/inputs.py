@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
 import types
 from typing import Any
 
 TRANSFORMS = ("none", "heavy", "scaled")
+
+# get_inputs() reads module globals (which variants change) and the global RNGs (which seeding
+# sets): one thread at a time, or concurrent evaluations would draw each other's inputs
+_GLOBAL_STATE = threading.RLock()
 
 
 def derive_seed(seed: int, *parts: Any) -> int:
@@ -57,23 +62,25 @@ def make_inputs(module: types.ModuleType, seed: int, variant: dict[str, Any] | N
 
     from tasks.spec import apply_variant
 
-    old = apply_variant(module, variant)
-    try:
-        _seed_all(seed)
-        with torch.device(device) if device else contextlib.nullcontext():
-            inputs = list(module.get_inputs())
-    finally:
-        apply_variant(module, old)
+    with _GLOBAL_STATE:
+        old = apply_variant(module, variant)
+        try:
+            _seed_all(seed)
+            with torch.device(device) if device else contextlib.nullcontext():
+                inputs = list(module.get_inputs())
+        finally:
+            apply_variant(module, old)
     return [_transform(x, transform, derive_seed(seed, "transform", i)) for i, x in enumerate(inputs)]
 
 
 def make_init_inputs(module: types.ModuleType, variant: dict[str, Any] | None = None) -> list[Any]:
     from tasks.spec import apply_variant
 
-    old = apply_variant(module, variant)
-    try:
-        _seed_all(0)
-        return list(module.get_init_inputs())
-    finally:
-        apply_variant(module, old)
+    with _GLOBAL_STATE:
+        old = apply_variant(module, variant)
+        try:
+            _seed_all(0)
+            return list(module.get_init_inputs())
+        finally:
+            apply_variant(module, old)
 

@@ -21,7 +21,7 @@ import torch
 from evaluator import inputs as inputs_mod
 from evaluator.instruments import (CountingModule, CudaTimer, OpRecorder, aliases, checksum, guarded,
                                    native_threads)
-from sandbox import fastpath
+from sandbox import cpus, fastpath
 from sandbox.compiler import CompileSpec
 from sandbox.protocol import pack_tree
 from sandbox.worker import CompileFailure
@@ -76,6 +76,11 @@ class Probe:
         self.compiled: Any = None
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+        # sandbox/cpus.py: the timing cores are this worker's for its timing phase only
+        self.timing_cpus, self.rest_cpus = args.get("timing_cpus"), args.get("rest_cpus")
+        self._on_timing = False
+        if self.timing_cpus and args.get("pin_at_start"):  # the supervisor cannot follow this one
+            cpus.pin_all_threads(self.rest_cpus)
 
     # --- load and build ---------------------------------------------------------------
     def do_load(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
@@ -266,7 +271,26 @@ class Probe:
         return profile(activities=[ProfilerActivity.CUDA])
 
     # --- timing -------------------------------------------------------------------------
+    def do_cores(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        """Onto the timing cores for a whole timing phase (timed loop and spot checks), or back."""
+        self._on_timing = bool(meta.get("timing")) and bool(self.timing_cpus)
+        if self.timing_cpus:
+            cpus.pin_all_threads(self.timing_cpus if self._on_timing else self.rest_cpus)
+        return "cores", {}, []
+
     def do_time(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        if not self.timing_cpus or self._on_timing:
+            return self._time(meta)
+        cpus.pin_all_threads(self.timing_cpus)
+        try:
+            return self._time(meta)
+        finally:
+            cpus.pin_all_threads(self.rest_cpus)
+
+    def _time(self, meta: dict[str, Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        """Warm-up, then timed calls on fresh inputs until min_iters are done and the loop has
+        run target_s of wall-clock time (input preparation included: on a CPU, drawing fresh
+        inputs can cost more than the kernel), or max_iters."""
         seed, variant = int(meta["seed"]), meta.get("variant")
         warmup, min_iters, max_iters = int(meta["warmup"]), int(meta["min_iters"]), int(meta["max_iters"])
         target_ns, slow_ms = float(meta["target_s"]) * 1e9, meta.get("slow_ms")
@@ -279,8 +303,10 @@ class Probe:
                 self.compiled = torch.compile(self.model)
             model = self.compiled
         samples, synced, sums, warm = [], [], [], []
-        out, i, early, spent = None, -warmup, False, 0.0
+        out, i, early, began = None, -warmup, False, 0
         while True:
+            if i == 0:
+                began = _clock_ns()
             args = self._timed_inputs(seed, i, variant)
             with torch.no_grad():
                 if timer:
@@ -295,9 +321,8 @@ class Probe:
                 samples.append(ms)
                 synced.append(ms_synced)
                 sums.append(checksum(out))
-                spent += ms * 1e6
             i += 1
-            if i >= max_iters or (i >= min_iters and spent >= target_ns):
+            if i >= max_iters or (i >= min_iters and _clock_ns() - began >= target_ns):
                 break
             if slow_ms is not None and i == early_iters and sorted(samples)[len(samples) // 2] > float(slow_ms):
                 early = True

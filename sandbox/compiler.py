@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -104,17 +105,41 @@ def command(spec: CompileSpec, cfg: CompilerConfig, src: Path, out: Path) -> lis
     return [cfg.cxx, *CXX_FLAGS, *std, *defines, *spec.flags, "-o", str(out), str(src)]
 
 
+_running: set[int] = set()  # process groups of the compilers running now
+_placed: list[tuple[int, ...] | None] = [None]  # cores a new compiler goes to; None: any
+_state = threading.Lock()
+
+
+def place_compilers(cpus: tuple[int, ...] | None) -> set[int]:
+    """Where compilers started from now on run (sandbox/cpus.py moves the running ones, whose
+    process groups this returns)."""
+    with _state:
+        _placed[0] = cpus
+        return set(_running)
+
+
 def _run(cmd: list[str], cwd: Path, timeout_s: float, max_log: int) -> tuple[int | None, str]:
     """Run a compiler in its own process group; None as the code means it timed out."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        with _state:
+            _running.add(proc.pid)
+            where = _placed[0]
+        if where:  # a timing phase: off its cores (the driver's children inherit this)
+            try:
+                os.sched_setaffinity(proc.pid, where)
+            except OSError:
+                pass
         try:
             code: int | None = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             code = None
+        finally:
+            with _state:
+                _running.discard(proc.pid)
         log.seek(0)
         text = log.read(max_log + 1).decode(errors="replace")
     if len(text) > max_log:

@@ -28,6 +28,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -99,6 +100,15 @@ class ContainerProcess:
         except Exception:  # noqa: BLE001
             return False
 
+    def cpu_seconds(self) -> float | None:
+        """The container's CPU time, from its cgroup on this host (cgroupfs or systemd layouts)."""
+        from sandbox.cpus import cgroup_cpu_seconds
+
+        cid, root = self.container.id, Path("/sys/fs/cgroup")
+        dirs = [root / "cpuacct" / "docker" / cid, root / "cpu,cpuacct" / "docker" / cid, root / "docker" / cid,
+                root / "system.slice" / f"docker-{cid}.scope"]
+        return cgroup_cpu_seconds([d for d in dirs if d.is_dir()])
+
     def log_tail(self, limit: int) -> str:
         try:
             return self.container.logs(stdout=True, stderr=True, tail=400).decode(errors="replace")[-limit:]
@@ -144,8 +154,13 @@ class DockerSandbox:
                                     "(build one with `kernelwright sandbox build-image`)") from None
         self.run_id = uuid.uuid4().hex[:10]
         self.run_dir = cfg.root.resolve() / f"docker-{self.run_id}"  # docker mounts need absolute paths
+        # a UNIX socket's path has room for about 100 bytes: a deep work directory gets its
+        # sockets' directories under the temp dir instead
+        self.sock_root = self.run_dir if len(str(self.run_dir)) < 60 else \
+            Path(tempfile.mkdtemp(prefix=f"kwd-{self.run_id}-")).resolve()
         self.isolate = True
         self.notes: list[str] = []
+        self.description = f"docker {docker_cfg.image}"  # stored in every evaluation's fingerprint
         self._lock = threading.Lock()
         self.device_lock: Any = None  # evaluator.devicelock.DeviceLock, set by whoever shares the device
         self._pool: list[tuple[concurrent.futures.Future, threading.Event]] = []
@@ -186,7 +201,7 @@ class DockerSandbox:
         from docker.types import DeviceRequest, LogConfig, Ulimit
 
         name = uuid.uuid4().hex[:12]
-        hostdir = self.run_dir / f"c-{name}"
+        hostdir = self.sock_root / f"c-{name}"
         hostdir.mkdir(parents=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(str(hostdir / "kw.sock"))
@@ -288,7 +303,8 @@ class DockerSandbox:
                 self._refill()
         req = {
             "workdir": WORKDIR, "env": self._env(), "handler": self.cfg.handler, "files": dict(files or {}),
-            "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads},
+            "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads,
+                             **self.cfg.cpu_args()},
             "memory_bytes": self.cfg.memory_limit if self.cfg.device == "cpu" else None,  # RLIMIT_AS breaks CUDA
             "max_file_bytes": self.cfg.max_file_bytes, "hard_timeout_s": hard_timeout_s,
         }
@@ -346,6 +362,7 @@ class DockerSandbox:
             pass
         self._bg.shutdown(wait=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        shutil.rmtree(self.sock_root, ignore_errors=True)
 
     def __enter__(self) -> "DockerSandbox":
         return self

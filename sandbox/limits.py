@@ -37,7 +37,7 @@ def _own_path(controller: str) -> str | None:
 
 
 class Cgroup:
-    """One worker's cgroup(s): pids.max and a memory ceiling; killable as a whole."""
+    """One worker's cgroup(s): pids.max, a memory ceiling, CPU accounting; killable as a whole."""
 
     def __init__(self, dirs: list[Path]):
         self.dirs = dirs
@@ -59,7 +59,8 @@ class Cgroup:
                         (d / "memory.swap.max").write_text("0")
             else:  # v1: one directory per controller
                 for ctl, knob, value in (("pids", "pids.max", max_pids),
-                                         ("memory", "memory.limit_in_bytes", memory_bytes)):
+                                         ("memory", "memory.limit_in_bytes", memory_bytes),
+                                         ("cpuacct", "", None)):  # accounting only: CPU time used
                     if not (ROOT / ctl / "cgroup.procs").exists():
                         continue
                     d = ROOT / ctl / (_own_path(ctl) or "/").lstrip("/") / "kernelwright" / name
@@ -113,6 +114,22 @@ class Cgroup:
                     break
                 except OSError:
                     time.sleep(0.01)
+
+    def threads(self) -> set[int]:
+        """Every thread in the cgroup (v1 `tasks`, v2 `cgroup.threads`)."""
+        found: set[int] = set()
+        for d in self.dirs:
+            for name in ("tasks", "cgroup.threads"):
+                try:
+                    found.update(int(t) for t in (d / name).read_text().split())
+                except (OSError, ValueError):
+                    continue
+        return found
+
+    def cpu_seconds(self) -> float | None:
+        from sandbox.cpus import cgroup_cpu_seconds
+
+        return cgroup_cpu_seconds(self.dirs)
 
     def memory_exceeded(self) -> bool:
         for d in self.dirs:

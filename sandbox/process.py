@@ -25,6 +25,7 @@ from typing import Any
 from sandbox import env as envmod
 from sandbox import protocol
 from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
+from sandbox import cpus as placement
 from sandbox.limits import Cgroup, total_memory
 
 
@@ -41,6 +42,26 @@ class SandboxConfig:
     compile_timeout_s: float = 120.0
     handler: str = "evaluator.probe:Probe"
     warm_modules: tuple[str, ...] = ("torch", "evaluator.probe", "?triton")  # "?": if installed
+    timing_cpus: tuple[int, ...] = ()  # sandbox/cpus.py: cores kept for timing phases; () none
+
+    @classmethod
+    def partitioned(cls, cache_dir: Path, device: str = "cpu", spec: str = "auto", **kw: Any) -> "SandboxConfig":
+        """The CLI's default: timing cores apart (sandbox/cpus.py), one thread per timing core."""
+        from sandbox.cpus import partition
+
+        timing = partition(spec, device)
+        return cls(cache_dir=cache_dir, device=device, timing_cpus=timing,
+                   threads=len(timing) or (os.cpu_count() or 1), **kw)
+
+    def cpu_args(self, lent: bool = False) -> dict[str, Any]:
+        """What a worker needs to move onto the timing cores and off them again. A worker the
+        supervisor cannot follow (no cgroup: not `lent`) stays off the timing cores from the start."""
+        if not self.timing_cpus:
+            return {}
+        from sandbox.cpus import usable
+
+        rest = [c for c in usable() if c not in self.timing_cpus]
+        return {"timing_cpus": list(self.timing_cpus), "rest_cpus": rest, "pin_at_start": not lent}
 
     @property
     def memory_limit(self) -> int:
@@ -79,8 +100,10 @@ class ForkedProcess:
     the exit status from its pid-1 parent, its cgroup, its log file. Other sandboxes (sandbox/
     docker.py) give a Worker an object with the same five methods."""
 
-    def __init__(self, pid: int, status_r: int, workdir: Path, log_path: Path, cgroup: Cgroup | None):
+    def __init__(self, pid: int, status_r: int, workdir: Path, log_path: Path, cgroup: Cgroup | None,
+                 lender: Any = None):
         self.pid, self.status_r, self.workdir, self.log_path, self.cgroup = pid, status_r, workdir, log_path, cgroup
+        self.lender = lender  # sandbox.cpus.Lender following this worker's threads, if any
         self._wait_status: int | None = None
 
     def wait_status(self, timeout: float) -> int | None:
@@ -96,6 +119,9 @@ class ForkedProcess:
 
     def memory_exceeded(self) -> bool:
         return bool(self.cgroup and self.cgroup.memory_exceeded())
+
+    def cpu_seconds(self) -> float | None:
+        return self.cgroup.cpu_seconds() if self.cgroup else None
 
     def log_tail(self, limit: int) -> str:
         try:
@@ -120,6 +146,8 @@ class ForkedProcess:
         """After kill: free what the process held."""
         os.close(self.status_r)
         if self.cgroup:
+            if self.lender:
+                self.lender.remove_cgroup(self.cgroup)
             self.cgroup.remove()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -132,6 +160,11 @@ class Worker:
         self.notes: list[str] = []
         self.arch_override: str | None = None  # compile-only: build CUDA for this target
         self._closed = False
+
+    def proc_cpu_seconds(self) -> float | None:
+        """CPU time of everything the worker runs, from outside it; None where not measurable."""
+        fn = getattr(self.proc, "cpu_seconds", None)
+        return fn() if fn else None
 
     # --- messages ---
     def call(self, kind: str, meta: dict[str, Any] | None = None, tensors: list[Any] | tuple = (),
@@ -235,6 +268,8 @@ class ProcessSandbox:
         self.run_dir = cfg.root / f"run-{uuid.uuid4().hex[:10]}"
         self.isolate = cfg.isolate
         self.notes: list[str] = []  # about the sandbox as a whole; shown with every verdict
+        self.description = "process"  # stored in every evaluation's fingerprint
+        self.lender = placement.Lender(cfg.timing_cpus) if cfg.timing_cpus else None
 
     def build(self, spec: CompileSpec) -> BuildResult:
         return build(spec, self.cfg.compiler)
@@ -263,6 +298,8 @@ class ProcessSandbox:
             raise RuntimeError(f"the fork server failed to start: {err.strip()[-500:]}")
         ours.settimeout(None)
         self._ctrl = ours
+        if self.lender:
+            self.lender.add_pid(self._zygote.pid)  # its forks inherit where it is
         if self.cfg.device == "cuda" and self.isolate:
             self._check_cuda_in_jail()
 
@@ -309,7 +346,8 @@ class ProcessSandbox:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(self.cfg.cache_dir / "inductor")
         req = {
             "workdir": str(workdir), "env": env, "handler": self.cfg.handler,
-            "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads},
+            "handler_args": {**(handler_args or {}), "device": self.cfg.device, "threads": self.cfg.threads,
+                             **self.cfg.cpu_args(lent=bool(self.lender and cgroup))},
             "memory_bytes": memory if self.cfg.device == "cpu" else None,  # RLIMIT_AS breaks CUDA
             "max_file_bytes": self.cfg.max_file_bytes, "hard_timeout_s": hard_timeout_s,
             "cgroup": [str(d) for d in cgroup.dirs] if cgroup else [],
@@ -326,7 +364,15 @@ class ProcessSandbox:
         if not reply:
             raise RuntimeError("the fork server died")
         pid = int(json.loads(reply)["pid"])
-        return Worker(self, ours, ForkedProcess(pid, status_r, workdir, log_path, cgroup))
+        lender = self.lender if cgroup else None
+        if lender:
+            lender.add_cgroup(cgroup)
+        return Worker(self, ours, ForkedProcess(pid, status_r, workdir, log_path, cgroup, lender))
+
+    def confine(self, on: bool) -> None:
+        """A timing phase begins (on) or ends: see sandbox/cpus.py."""
+        if self.lender:
+            self.lender.confine(on)
 
     def close(self) -> None:
         if self._ctrl is not None:

@@ -55,3 +55,17 @@ def loose_evaluator(sandbox: ProcessSandbox):
     ev = Evaluator(sandbox, EvalConfig(timeout_s=8, timing=FAST_TIMING, policy=Policy(static_screen=False)))
     yield ev
     ev.close()
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The sandbox image, built once per session (reused when the environment is unchanged);
+    skips where no docker daemon answers (scripts/start_docker.sh starts one, as root)."""
+    from sandbox.docker import DockerUnavailable, client_or_raise
+    from sandbox.image import build_image
+
+    try:
+        client = client_or_raise()
+    except DockerUnavailable as e:
+        pytest.skip(f"{e}: as root, scripts/start_docker.sh starts one")
+    return build_image(client).tag

@@ -240,3 +240,35 @@ def test_each_job_stays_within_its_share_of_the_cost_however_often_it_restarts(t
     assert cap - store.run_spend(run)["cost_usd"] == pytest.approx(0.2)
     assert batch._cost_cap(store, dataclasses.replace(cfg, max_cost_per_job=None), task) is None
     store.close()
+
+
+def test_one_command_runs_a_suite_on_ray_into_postgresql_with_docker_isolated_evaluations(
+        ray_local, docker_image, cache_dir, tmp_path):
+    """The issue's whole: `batch` on the local cluster, a PostgreSQL store, every evaluation in a
+    container (the fingerprint of each stored evaluation names the sandbox that ran it)."""
+    import ray
+
+    with fresh_database() as url:
+        env = {**os.environ, "KERNELWRIGHT_CACHE": str(cache_dir), "KERNELWRIGHT_TIMEOUT": "60",
+               "KERNELWRIGHT_WORKDIR": str(tmp_path / "work")}
+        args = [sys.executable, "-m", "agent.cli", "batch", "--task", str(CPU_SUITE / "rmsnorm.py"),
+                "--task", str(CPU_SUITE / "cumsum.py"), "--budget", "2", "--db", url, "--json",
+                "--sandbox", "docker", "--image", docker_image, "--address", ray.get_runtime_context().gcs_address]
+        proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+        summary = json.loads(proc.stdout)
+        assert {t["task"]: t["evaluated"] for t in summary["tasks"]} == {"rmsnorm": 2, "cumsum": 2}
+        assert all(t["counts"].get("ok") for t in summary["tasks"]), summary
+        with Store.open(url, tmp_path / "unused.db") as st:
+            (run,) = st.runs()
+            assert run["config"]["sandbox"] == "docker" and run["evaluations"] == 4
+            evals = _run_evaluations(st, run["id"])
+            assert len(evals) == 4
+            assert {e["fingerprint"]["sandbox"] for e in evals} == {f"docker {docker_image}"}
+
+
+def _run_evaluations(store: Store, run: int) -> list[dict]:
+    from store.rows import evaluation_dict
+
+    with Session(store.engine) as s:
+        return [evaluation_dict(e) for e in s.execute(select(Evaluation).where(Evaluation.run_id == run)).scalars()]

@@ -16,7 +16,7 @@ import pytest
 
 from evaluator.cascade import EvalConfig, Evaluator
 from evaluator.rules import Policy
-from sandbox.docker import DockerConfig, DockerSandbox, DockerUnavailable, _exit_to_wait_status, client_or_raise
+from sandbox.docker import DockerConfig, DockerSandbox, _exit_to_wait_status
 from sandbox.image import Plan
 from sandbox.process import SandboxConfig
 from tests.conftest import FAST_TIMING
@@ -65,17 +65,6 @@ def test_cli_rejects_a_bad_sandbox_in_one_line(tmp_path):
 
 
 # --- real containers ---------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def docker_image() -> str:
-    try:
-        client = client_or_raise()
-    except DockerUnavailable as e:
-        pytest.skip(f"{e}: as root, scripts/start_docker.sh starts one")
-    from sandbox.image import build_image
-
-    return build_image(client).tag  # reused when the environment is unchanged
-
 
 @pytest.fixture(scope="session")
 def docker_sandbox(docker_image, cache_dir, tmp_path_factory):

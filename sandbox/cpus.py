@@ -1,0 +1,136 @@
+"""Cores for timing and cores for everything else: the CPU device's partition.
+
+On a CPU device the device is the cores. Without a partition a timing phase must have the
+whole machine (nothing compiles or checks meanwhile), so evaluations cannot overlap. With one,
+timing phases run on their own cores, one at a time, while compiles and correctness checks of
+other candidates go on on the rest. Both sides of a speedup (reference and candidate) are timed
+on the same cores with the same thread count. A worker moves itself (every thread) onto the
+timing cores for its timing phase; the supervisor checks, by the cgroup's CPU accounting, that a
+timed candidate used no more cores than the timing set has.
+
+Between timing phases the timing cores are lent out (`Lender`): where workers have cgroups the
+supervisor can find every thread of every worker, and of every compiler it started, and move
+them all onto the other cores when a phase begins and back onto every core when it ends.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def usable() -> tuple[int, ...]:
+    return tuple(sorted(os.sched_getaffinity(0)))
+
+
+def partition(spec: str, device: str) -> tuple[int, ...]:
+    """The timing cores `spec` names: "auto" (on a CPU device with 2 or more cores, the upper
+    half; none on a GPU device, whose timing needs no cores of its own), "all" (none: timing
+    has the whole machine), or a list like "2,3" or "4-7". An empty result means no partition."""
+    spec = spec.strip().lower()
+    cpus = usable()
+    if spec in ("", "all", "none"):
+        return ()
+    if spec == "auto":
+        return cpus[len(cpus) - len(cpus) // 2:] if device == "cpu" and len(cpus) >= 2 else ()
+    chosen: set[int] = set()
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            chosen.update(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"timing cpus {spec!r}: use auto, all, or a list like 2,3 or 4-7") from None
+    if not chosen <= set(cpus):
+        raise ValueError(f"timing cpus {spec!r}: this process may use cores {_ranges(cpus)} only")
+    if set(cpus) - chosen == set():
+        raise ValueError(f"timing cpus {spec!r}: leave at least one core for compiles (or use all)")
+    return tuple(sorted(chosen))
+
+
+def _ranges(cpus: tuple[int, ...]) -> str:
+    return ",".join(str(c) for c in cpus)
+
+
+def pin_all_threads(cpus: list[int] | tuple[int, ...]) -> None:
+    """Move every thread of this process onto `cpus` (sched_setaffinity(pid) moves one thread
+    only; thread pools made earlier keep their own mask otherwise)."""
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, PermissionError):
+            pass  # a thread that just ended
+
+
+def cgroup_cpu_seconds(dirs: list[Path]) -> float | None:
+    """CPU time used by everything in a worker's cgroup (v2 cpu.stat, v1 cpuacct.usage)."""
+    for d in dirs:
+        try:
+            if (d / "cpuacct.usage").exists():
+                return int((d / "cpuacct.usage").read_text()) / 1e9
+            if (d / "cpu.stat").exists():
+                for line in (d / "cpu.stat").read_text().splitlines():
+                    if line.startswith("usage_usec "):
+                        return int(line.split()[1]) / 1e6
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _group(pgid: int) -> set[int]:
+    found = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                    found.add(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return found
+
+
+def _pin_pids(ids: Iterable[int], cpus: Iterable[int]) -> None:
+    cpus = tuple(cpus)
+    for i in ids:
+        try:
+            os.sched_setaffinity(i, cpus)
+        except OSError:
+            pass  # gone already
+
+
+class Lender:
+    """Moves what the supervisor started (the fork server, every worker thread by its cgroup,
+    the compilers) off the timing cores for a timing phase, and back onto every core after."""
+
+    def __init__(self, timing: tuple[int, ...]):
+        self.all = usable()
+        self.rest = tuple(c for c in self.all if c not in timing)
+        self._cgroups: set[Any] = set()
+        self._pids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add_pid(self, pid: int) -> None:
+        with self._lock:
+            self._pids.add(pid)
+
+    def add_cgroup(self, cgroup: Any) -> None:
+        with self._lock:
+            self._cgroups.add(cgroup)
+
+    def remove_cgroup(self, cgroup: Any) -> None:
+        with self._lock:
+            self._cgroups.discard(cgroup)
+
+    def confine(self, on: bool) -> None:
+        from sandbox.compiler import place_compilers
+
+        target = self.rest if on else self.all
+        groups = place_compilers(self.rest if on else None)
+        with self._lock:
+            ids = set(self._pids)
+            for cg in self._cgroups:
+                ids |= cg.threads()
+        for g in groups:
+            ids |= _group(g)
+        _pin_pids(ids, target)
