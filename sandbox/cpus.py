@@ -90,6 +90,10 @@ def _group(pgid: int) -> set[int]:
     return found
 
 
+def _own_threads() -> set[int]:
+    return {int(t) for t in os.listdir("/proc/self/task")}
+
+
 def _pin_pids(ids: Iterable[int], cpus: Iterable[int]) -> None:
     cpus = tuple(cpus)
     for i in ids:
@@ -100,8 +104,9 @@ def _pin_pids(ids: Iterable[int], cpus: Iterable[int]) -> None:
 
 
 class Lender:
-    """Moves what the supervisor started (the fork server, every worker thread by its cgroup,
-    the compilers) off the timing cores for a timing phase, and back onto every core after."""
+    """Moves the supervisor's own threads and what it started (the fork server, every worker
+    thread by its cgroup, the compilers) off the timing cores for a timing phase, and back onto
+    every core after."""
 
     def __init__(self, timing: tuple[int, ...]):
         self.all = usable()
@@ -128,7 +133,7 @@ class Lender:
         target = self.rest if on else self.all
         groups = place_compilers(self.rest if on else None)
         with self._lock:
-            ids = set(self._pids)
+            ids = set(self._pids) | _own_threads()  # the supervisor too: its comparisons, display, clients
             for cg in self._cgroups:
                 ids |= cg.threads()
         for g in groups:
