@@ -41,7 +41,7 @@ def optimize_cmd(
     model: Optional[str] = typer.Option(None, "--model", help="LLM model [env KERNELWRIGHT_MODEL]; none: the tuner"),
     base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [env OPENAI_BASE_URL]"),
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key"),
-    tuner: str = typer.Option("local", "--tuner", help="Knob search: local | random | exhaustive | evolutionary"),
+    tuner: str = typer.Option("pattern", "--tuner", help="Knob search: pattern | local | random | exhaustive | evolutionary"),
     tune_fraction: float = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning"),
     seed: int = typer.Option(0, "--seed", help="Seed of the search's own choices"),
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run (after a kill or Ctrl-C)"),

@@ -30,7 +30,7 @@ class OptimizeConfig:
     time_limit_s: float | None = None
     max_cost_usd: float | None = None
     concurrency: int = 2
-    tuner: str = "local"
+    tuner: str = "pattern"
     tune_fraction: float = 0.25  # with an LLM: the share of evaluations that tune its knob-annotated kernels
     seed: int = 0
     reward: RewardConfig = RewardConfig()

@@ -74,6 +74,42 @@ def local_search(space: KnobSpace, start: Config, rng: random.Random) -> Search:
             current, score = rng.choice(fresh), None
 
 
+def _step(space: KnobSpace, c: Config, name: str, d: int) -> Config | None:
+    values = list(space.values(name))
+    j = (values.index(c[name]) if c[name] in values else 0) + d
+    if not 0 <= j < len(values):
+        return None
+    n = {**c, name: values[j]}
+    return n if space.is_valid(n) else None
+
+
+def pattern_search(space: KnobSpace, start: Config, rng: random.Random) -> Search:
+    """Coordinate moves from the current point (Hooke-Jeeves style): a move that pays is pushed
+    further the same way at once, since knob landscapes are mostly monotone near an optimum;
+    a random restart when no single move pays (the Tuner keeps the best of all)."""
+    seen: dict[tuple, Score] = {}
+    cur: Config = dict(start)
+    cur_s = seen[_key(cur)] = yield cur
+    while True:
+        improved = False
+        moves = [(name, d) for name in space.names for d in (-1, 1)]
+        rng.shuffle(moves)
+        for name, d in moves:
+            c = _step(space, cur, name, d)
+            while c is not None and _key(c) not in seen:
+                s = seen[_key(c)] = yield c
+                if not _better(s, cur_s):
+                    break
+                cur, cur_s, improved = c, s, True
+                c = _step(space, cur, name, d)
+        if not improved:
+            fresh = [c for c in space.configs() if _key(c) not in seen]
+            if not fresh:
+                return
+            cur = rng.choice(fresh)
+            cur_s = seen[_key(cur)] = yield cur
+
+
 def evolutionary(space: KnobSpace, start: Config, rng: random.Random, population: int = 6) -> Search:
     """A small genetic search: tournament parents, uniform crossover, one-knob mutation."""
     seen: dict[tuple, Score] = {}
@@ -101,10 +137,14 @@ def evolutionary(space: KnobSpace, start: Config, rng: random.Random, population
         if space.is_valid(child) and _key(child) not in seen:
             seen[_key(child)] = s = yield child
             add(child, s)
+    rest = [c for c in space.configs() if _key(c) not in seen]  # breeding stalled: the rest, at random
+    rng.shuffle(rest)
+    for c in rest:
+        yield c
 
 
 STRATEGIES: dict[str, Callable[..., Search]] = {
-    "local": local_search, "random": random_search, "exhaustive": exhaustive, "evolutionary": evolutionary,
+    "local": local_search, "pattern": pattern_search, "random": random_search, "exhaustive": exhaustive, "evolutionary": evolutionary,
 }
 
 

@@ -1,7 +1,7 @@
 """Tuner quality on the cpu suite: how close the knob tuner gets to the best configuration,
 and with how many evaluations, against random search at the same budget.
 
-    python benchmarks/tuner_quality.py [--budget-fraction 0.25] [--repeats 20] [--tasks a,b]
+    python benchmarks/tuner_quality.py [--budget-fraction 0.25] [--repeats 20] [--tasks a,b] [--save F | --load F]
 
 Every configuration of every seed's knob space is measured once (an exhaustive sweep, real
 evaluations in the sandbox). Then each search strategy runs over those measurements, asking
@@ -12,6 +12,7 @@ and so is the tuner (its neighbour order and restarts are random).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import statistics
@@ -59,8 +60,12 @@ def main() -> None:
     ap.add_argument("--budget-fraction", type=float, default=0.25)
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--tasks", default="")
+    ap.add_argument("--save", help="write the sweeps' measurements to this JSON file")
+    ap.add_argument("--load", help="reuse the measurements a --save wrote (compare strategies, measure nothing)")
     args = ap.parse_args()
     rows = []
+    saved = json.loads(Path(args.load).read_text()) if args.load else {}
+    sweeps: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as cache:
         sb = ProcessSandbox(SandboxConfig.partitioned(Path(cache)))  # as the CLI: timing cores apart
         ev = Evaluator(sb, EvalConfig())
@@ -70,8 +75,12 @@ def main() -> None:
                     continue
                 source = task.seed_paths()[0].read_text()
                 size = knobs.read_space(source).size
-                print(f"{task.name}: sweeping {size} configurations", flush=True)
-                ms, speed = sweep(ev, task, source)
+                if task.name in saved:
+                    ms, speed = ({tuple(map(tuple, k)): v for k, v in saved[task.name][part]} for part in ("ms", "speed"))
+                else:
+                    print(f"{task.name}: sweeping {size} configurations", flush=True)
+                    ms, speed = sweep(ev, task, source)
+                sweeps[task.name] = {"ms": list(ms.items()), "speed": list(speed.items())}
                 measured = {k: v for k, v in ms.items() if v is not None}
                 best_key = min(measured, key=measured.get)
                 budget = max(2, math.ceil(args.budget_fraction * size))
@@ -85,18 +94,22 @@ def main() -> None:
                         hits += r >= 0.95
                     return statistics.mean(ratios), hits / args.repeats
 
-                tq, th = quality("local")
+                tq, th = quality("pattern")  # the default tuner
+                lq, _ = quality("local")
                 rq, rh = quality("random")
-                rows.append((task.name, size, budget, speed[best_key], tq, th, rq, rh))
+                rows.append((task.name, size, budget, speed[best_key], tq, th, rq, rh, lq))
         finally:
             ev.close()
             sb.close()
+    if args.save:
+        Path(args.save).write_text(json.dumps(sweeps))
     print()
     print(f"{'task':18s} {'space':>5s} {'budget':>6s} {'best vs eager':>13s} {'tuner':>7s} {'within5%':>8s} "
-          f"{'random':>7s} {'within5%':>8s}")
-    for name, size, budget, sp, tq, th, rq, rh in rows:
-        print(f"{name:18s} {size:5d} {budget:6d} {sp:12.2f}x {tq:7.3f} {th:8.0%} {rq:7.3f} {rh:8.0%}")
-    print("(tuner / random: the best found as a fraction of the exhaustive best's speed, mean over seeds)")
+          f"{'random':>7s} {'within5%':>8s} {'local':>7s}")
+    for name, size, budget, sp, tq, th, rq, rh, lq in rows:
+        print(f"{name:18s} {size:5d} {budget:6d} {sp:12.2f}x {tq:7.3f} {th:8.0%} {rq:7.3f} {rh:8.0%} {lq:7.3f}")
+    print("(tuner = pattern search, the default; random; local = hill climbing: the best found as a fraction "
+          "of the exhaustive best's speed, mean over seeds)")
     better = sum(1 for r in rows if r[4] > r[6])
     print(f"tuner better than random on {better} of {len(rows)} tasks; "
           f"tuner within 5% of the exhaustive best (mean over seeds) on {sum(1 for r in rows if r[4] >= 0.95)} tasks")
