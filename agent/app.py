@@ -20,6 +20,27 @@ DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
 TimeoutOpt = typer.Option(None, "--timeout", help="Seconds per candidate [env KERNELWRIGHT_TIMEOUT; default 120]")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object")
 
+# the search options `optimize` and `batch` share
+SuiteOpt = typer.Option(None, "--suite", help="Built-in suite (default: cpu, when no --task)")
+StrategyOpt = typer.Option("evolve", "--strategy", help="best-of-n | evolve | refine")
+BudgetOpt = typer.Option(10, "--budget", help="Candidates evaluated per task")
+ModelOpt = typer.Option(None, "--model", help="LLM model [env KERNELWRIGHT_MODEL]; none: the tuner")
+BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [env OPENAI_BASE_URL]")
+TunerOpt = typer.Option("pattern", "--tuner", help="Knob search: pattern | local | random | exhaustive | evolutionary")
+TuneFractionOpt = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the search's own choices")
+
+
+def check_search(strategy: str, tuner: str) -> None:
+    """The strategy and tuner names, before any work."""
+    from agent.strategies import STRATEGIES
+    from agent.tuner import STRATEGIES as TUNERS
+
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if tuner not in TUNERS:
+        raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
+
 
 def read_candidate(path: Path) -> str:
     from evaluator.static import defines_modelnew

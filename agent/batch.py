@@ -120,13 +120,10 @@ def run_job(cfg: BatchConfig, job: Job) -> dict[str, Any]:
 def _llm_client(spec: LLMSpec | None) -> Any:
     if spec is None:
         return None
-    from agent.llm import LLMClient, LLMConfig
+    from agent.llm import LLMClient, keyed_config
 
-    key = os.environ.get(spec.api_key_env, "")
-    if not key and spec.base_url is None:
-        raise RuntimeError(f"no API key in ${spec.api_key_env} on this worker")
-    return LLMClient(LLMConfig(model=spec.model, base_url=spec.base_url, api_key=key or "none",
-                               max_concurrency=spec.concurrency))
+    return LLMClient(keyed_config(spec.model, spec.base_url, os.environ.get(spec.api_key_env, ""), spec.api_key_env,
+                                  spec.concurrency))
 
 
 def _time_left(deadline: float | None) -> float | None:

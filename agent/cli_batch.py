@@ -12,31 +12,32 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, err_console
+from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
+                       TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, open_store, options
 
 
 @app.command("batch")
 @cli_errors
 def batch_cmd(
-    suite: Optional[str] = typer.Option(None, "--suite", help="Built-in suite (default: cpu, when no --task)"),
+    suite: Optional[str] = SuiteOpt,
     task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable; workers must see it)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto | ray://HOST:PORT; none: a local one"),
     workers: int = typer.Option(2, "--workers", help="Without --address: CPUs of the local Ray instance"),
     cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help="CPUs each job holds (its evaluations' threads)"),
     gpus_per_eval: float = typer.Option(1.0, "--gpus-per-eval", help="With --device cuda: GPUs each job's evaluations hold"),
     max_retries: int = typer.Option(3, "--max-retries", help="Times a job is rerun after its worker dies"),
-    strategy: str = typer.Option("evolve", "--strategy", help="best-of-n | evolve | refine"),
-    budget: int = typer.Option(10, "--budget", help="Candidates evaluated per task"),
+    strategy: str = StrategyOpt,
+    budget: int = BudgetOpt,
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Minutes for the whole batch, then stop"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD of LLM spend, shared evenly by the tasks"),
     concurrency: int = typer.Option(2, "--concurrency", help="LLM requests in flight per job"),
-    model: Optional[str] = typer.Option(None, "--model", help="LLM model [env KERNELWRIGHT_MODEL]; none: the tuner"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [env OPENAI_BASE_URL]"),
+    model: Optional[str] = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key, on every worker"),
-    tuner: str = typer.Option("pattern", "--tuner", help="Knob search: pattern | local | random | exhaustive | evolutionary"),
-    tune_fraction: float = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the search's own choices"),
+    tuner: str = TunerOpt,
+    tune_fraction: float = TuneFractionOpt,
+    seed: int = SeedOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
     sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
@@ -44,8 +45,6 @@ def batch_cmd(
     """Optimize many tasks at once on a Ray cluster (a local one by default), into one shared store."""
     from agent import batch, settings
     from agent.optimize import OptimizeConfig
-    from agent.strategies import STRATEGIES
-    from agent.tuner import STRATEGIES as TUNERS
     from tasks.registry import resolve
 
     opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
@@ -59,10 +58,7 @@ def batch_cmd(
         tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
         api_key_env, concurrency, max_cost = c["api_key_env"], c["concurrency"], c["max_cost"]
         opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
-    if tuner not in TUNERS:
-        raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
+    check_search(strategy, tuner)
     if budget < 1 or concurrency < 1 or workers < 1 or max_retries < 0 or not 0.0 <= tune_fraction <= 1.0:
         raise UserError("--budget, --concurrency and --workers must be at least 1, --max-retries at least 0, "
                         "--tune-fraction within 0..1")
@@ -72,9 +68,10 @@ def batch_cmd(
     tasks = resolve(suite_name, task)
     model = model or settings.read()["model"] or None
     base_url = base_url or settings.read()["base_url"] or None
-    if model and not address and not os.environ.get(api_key_env) and base_url is None:
-        # local workers inherit this environment: a missing key fails here, not in every job
-        raise UserError(f"--model {model}: no API key in ${api_key_env} (and no --base-url for a local server)")
+    if model and not address:  # local workers inherit this environment: a missing key fails here, not in every job
+        from agent.llm import keyed_config
+
+        keyed_config(model, base_url, os.environ.get(api_key_env, ""), api_key_env, concurrency)
     llm = batch.LLMSpec(model, base_url, api_key_env, concurrency) if model else None
     config = {"suite": suite_name, "tasks": [str(t.path) for t in tasks] if task else [], "strategy": strategy,
               "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed, "model": model,

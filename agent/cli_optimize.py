@@ -8,50 +8,46 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, err_console
+from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
+                       TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
 
 def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concurrency: int) -> Any:
     """None when no LLM is configured (the tuner runs instead)."""
     from agent import settings
-    from agent.llm import LLMConfig
+    from agent.llm import keyed_config
 
     s = settings.read()
     model = model or s["model"]
     if not model:
         return None
-    base_url = base_url or s["base_url"] or None
-    key = os.environ.get(api_key_env, "")
-    if not key and base_url is None:
-        raise UserError(f"--model {model}: no API key in ${api_key_env} (and no --base-url for a local server)")
-    return LLMConfig(model=model, base_url=base_url, api_key=key or "none", max_concurrency=concurrency)
+    return keyed_config(model, base_url or s["base_url"] or None, os.environ.get(api_key_env, ""), api_key_env,
+                        concurrency)
 
 
 @app.command("optimize")
 @cli_errors
 def optimize_cmd(
-    suite: Optional[str] = typer.Option(None, "--suite", help="Built-in suite (default: cpu, when no --task)"),
+    suite: Optional[str] = SuiteOpt,
     task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable)"),
-    strategy: str = typer.Option("evolve", "--strategy", help="best-of-n | evolve | refine"),
-    budget: int = typer.Option(10, "--budget", help="Candidates evaluated per task"),
+    strategy: str = StrategyOpt,
+    budget: int = BudgetOpt,
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Minutes, then stop"),
     max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD of LLM spend, then stop"),
     concurrency: int = typer.Option(2, "--concurrency", help="LLM requests in flight"),
-    model: Optional[str] = typer.Option(None, "--model", help="LLM model [env KERNELWRIGHT_MODEL]; none: the tuner"),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [env OPENAI_BASE_URL]"),
+    model: Optional[str] = ModelOpt,
+    base_url: Optional[str] = BaseUrlOpt,
     api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key"),
-    tuner: str = typer.Option("pattern", "--tuner", help="Knob search: pattern | local | random | exhaustive | evolutionary"),
-    tune_fraction: float = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning"),
-    seed: int = typer.Option(0, "--seed", help="Seed of the search's own choices"),
+    tuner: str = TunerOpt,
+    tune_fraction: float = TuneFractionOpt,
+    seed: int = SeedOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run (after a kill or Ctrl-C)"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
     sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
 ) -> None:
     """Optimize kernels for a task set: ask, evaluate, learn, repeat; every result is stored."""
     from agent.optimize import OptimizeConfig, Optimizer
-    from agent.strategies import STRATEGIES
-    from agent.tuner import STRATEGIES as TUNERS
     from tasks.registry import resolve
 
     opts = options(db, device, timeout, sandbox, image)
@@ -65,10 +61,7 @@ def optimize_cmd(
         tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
         api_key_env, concurrency = c.get("api_key_env", api_key_env), c.get("concurrency", concurrency)
         opts = options(db, device, timeout, sandbox, image)
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
-    if tuner not in TUNERS:
-        raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
+    check_search(strategy, tuner)
     if budget < 1 or concurrency < 1 or not 0.0 <= tune_fraction <= 1.0:
         raise UserError("--budget and --concurrency must be at least 1, --tune-fraction within 0..1")
     tasks = resolve(suite if suite or task else "cpu", task)

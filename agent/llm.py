@@ -58,6 +58,14 @@ class LLMConfig:
     worst_prompt_tokens: int = 40_000  # the largest prompt expected, for budget reservations only
 
 
+def keyed_config(model: str, base_url: str | None, key: str, api_key_env: str, concurrency: int) -> LLMConfig:
+    """The client's configuration with the key read from `api_key_env` (by the caller: the CLI,
+    or a batch worker from its own environment). Local servers (a --base-url) need no key."""
+    if not key and base_url is None:
+        raise ValueError(f"--model {model}: no API key in ${api_key_env} (and no --base-url for a local server)")
+    return LLMConfig(model=model, base_url=base_url, api_key=key or "none", max_concurrency=concurrency)
+
+
 @dataclasses.dataclass(frozen=True)
 class Completion:
     text: str

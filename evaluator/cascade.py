@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import torch
 
-from evaluator import fingerprint, rules, static
+from evaluator import fingerprint, rules, static, timing_checks
 from evaluator.compare import Tolerance, compare, degenerate
 from evaluator.devicelock import DeviceLock
 from evaluator.inputs import TRANSFORMS, derive_seed, make_inputs
@@ -25,7 +25,7 @@ from evaluator.reference import ReferenceFailed, ReferenceSession, decode_output
 from evaluator.verdict import Status, Timing, Trial, Verdict
 from sandbox import ptxas
 from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
-from sandbox.protocol import ProtocolError, TensorInfo, unpack_tree
+from sandbox.protocol import ProtocolError, unpack_tree
 from tasks.spec import Task
 
 
@@ -70,8 +70,8 @@ class Evaluator:
         self._host = {**fingerprint.host(cfg.device, sandbox.cfg.threads),
                       "sandbox": getattr(sandbox, "description", "process")}  # not part of the id
         self._lock = threading.Lock()  # several candidates may be evaluated at once (threads)
-        self.timing_cpus = tuple(getattr(sandbox.cfg, "timing_cpus", ()))
-        self.device_lock = DeviceLock(timing_apart=bool(self.timing_cpus) and cfg.device == "cpu")
+        self.timing_cpus = tuple(getattr(sandbox.cfg, "timing_cpus", ())) if cfg.device == "cpu" else ()
+        self.device_lock = DeviceLock(timing_apart=bool(self.timing_cpus))
 
     # --- reference side ---------------------------------------------------------------
     def reference(self, task: Task) -> ReferenceSession:
@@ -307,34 +307,29 @@ class _CandidateRun:
         self.ref_timing, self.compiled_timing, note = self.ev._reference_timings(self.task, self.ref)
         self.flags += [note] if note else []
         self.init(None)
-        apart = bool(self.ev.timing_cpus) and self.device == "cpu"
-        if apart:
-            self.call("cores", {"timing": True})
+        self.call("cores", {"timing": True})  # onto the timing cores for the loop and the spot check
+        apart = self.ev.device_lock.timing_apart
         for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
             t0, cpu0 = time.perf_counter(), self.w.proc_cpu_seconds()
             _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
             wall_s = time.perf_counter() - t0
+            cpu1 = self.w.proc_cpu_seconds()  # the worker's cgroup, which it cannot touch
             self.timing = cand = timing_from_meta(meta, wall_s * 1e3)
-            self.check_cores(cpu0, wall_s)
+            if apart and cpu0 is not None and cpu1 is not None:
+                self._reject(timing_checks.cores_escaped(cpu1 - cpu0, wall_s, len(self.ev.timing_cpus)))
             if not cand.samples_ms:
                 raise _Fail(Status.RUNTIME_ERROR, "the timing loop returned no samples")
-            every = list(cand.warmup_ms[1:]) + list(cand.samples_ms)  # the first call may pay lazy set-up
-            if not (len(every) >= 8 and max(every) > 0.5 * sum(every) and max(every) > 20 * cand.median_ms):
+            skipped = timing_checks.batch_and_skip(cand)
+            if skipped is None:
                 break
             if attempt == 2:
-                raise _Fail(Status.REJECTED, f"batch_and_skip: one call took {max(every):.2f} ms of "
-                            f"{sum(every):.2f} ms in all (median {cand.median_ms:.3f} ms), twice")
-        ref = self.ref_timing
-        synced = sorted(float(x) for x in meta.get("synced_ms", []))
-        if self.device == "cuda" and synced:
-            s_med = synced[len(synced) // 2]
-            if s_med > 1.5 * cand.median_ms + 0.05:
-                raise _Fail(Status.REJECTED, f"hidden_stream_work: {s_med:.3f} ms with a device-wide sync against "
-                            f"{cand.median_ms:.3f} ms on the timed stream")
-        self.spot_check(cand, params)
-        if apart:
-            self.call("cores", {"timing": False})
-        speedup = ref.median_ms / cand.median_ms if cand.median_ms > 0 else float("inf")
+                self._reject(skipped)
+        if self.device == "cuda":
+            self._reject(timing_checks.hidden_stream_work(meta, cand))
+        self.spot_ms, mismatch = timing_checks.spot_check(self.call, cand, params["seed"])
+        self._reject(mismatch)
+        self.call("cores", {"timing": False})
+        speedup = self.ref_timing.median_ms / cand.median_ms if cand.median_ms > 0 else float("inf")
         if speedup > self.ev.cfg.policy.suspicious_speedup:
             self.flags.append(f"suspicious_speedup: {speedup:.1f}x is above {self.ev.cfg.policy.suspicious_speedup:g}x; "
                               "confirm with a second measurement before trusting it")
@@ -342,40 +337,10 @@ class _CandidateRun:
             self.flags.append(f"early_exit: stopped after {len(cand.samples_ms)} calls, clearly slower than the best")
         return meta, out, params
 
-    def check_cores(self, cpu0: float | None, wall_s: float) -> None:
-        """With timing cores apart, a timed candidate may use those cores only: CPU time beyond
-        what they can give in the phase means it moved work onto the others (more cores than
-        the reference was timed on). Measured by the worker's cgroup, which it cannot touch."""
-        cpu1 = self.w.proc_cpu_seconds()
-        if not self.ev.timing_cpus or self.device != "cpu" or cpu0 is None or cpu1 is None:
-            return
-        used, allowed = cpu1 - cpu0, wall_s * len(self.ev.timing_cpus)
-        if used > 1.15 * allowed + 0.05:
-            raise _Fail(Status.REJECTED, f"cores_escaped: {used:.2f} s of CPU time in a {wall_s:.2f} s timing phase "
-                        f"on {len(self.ev.timing_cpus)} timing core(s) (work moved off the timing cores)")
-
-    def spot_check(self, cand: Timing, params: dict[str, Any], calls: int = 7) -> None:
-        """Single calls timed by the supervisor's own clock (round trip minus a no-op's): a
-        worker that reports faster timings than its calls really take is caught here. Minima,
-        because load on the machine only ever adds time, and a call cannot be faster than it is.
-        A virtual machine can still slow a whole round (a descheduled or moved vCPU), so a
-        mismatch must show in two rounds; a forged clock shows in every round."""
-        for attempt, first_index in ((1, 1_000_000), (2, 2_000_000)):
-            pings, trips = [], []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                self.call("ping", {})
-                pings.append((time.perf_counter() - t0) * 1e3)
-            for k in range(calls):
-                self.call("prepare", {"seed": params["seed"], "index": first_index + k})
-                t0 = time.perf_counter()
-                self.call("call", {})
-                trips.append((time.perf_counter() - t0) * 1e3)
-            self.spot_ms = seen = min(trips) - min(pings)
-            if seen <= max(2.0 * cand.median_ms, cand.median_ms + 0.5):
-                return
-        raise _Fail(Status.REJECTED, f"timing_mismatch: calls timed by the supervisor take {seen:.3f} ms, "
-                    f"the worker reported a median of {cand.median_ms:.3f} ms (fooled clock or escaped work)")
+    @staticmethod
+    def _reject(reason: str | None) -> None:
+        if reason:
+            raise _Fail(Status.REJECTED, reason)
 
     def validate_timed(self, meta: dict[str, Any], out: list[Any], params: dict[str, Any]) -> None:
         """Outputs produced during timing must be right: the last in full, others by checksum."""
@@ -394,7 +359,7 @@ class _CandidateRun:
         picks = rng.sample(range(max(0, len(sums) - 1)), min(self.ev.cfg.timing.checksum_checks, max(0, len(sums) - 1)))
         for i in picks:
             want_i = self.ref.seeded(params["seed"], i, None, self.init_seed)
-            if not _checksums_match(sums[i], want_i, self.tol):
+            if not timing_checks.checksums_match(sums[i], want_i, self.tol):
                 self.trials.append(Trial(f"timed/{i}", False, (), "checksum differs from the reference"))
                 raise _Fail(Status.INCORRECT, f"post-timing: the output of timed call {i} does not match the reference")
 
@@ -416,20 +381,3 @@ def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.numel() == 0:
         return True
     return torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
-
-
-def _checksums_match(claimed: Any, want: Any, tol: Tolerance) -> bool:
-    from evaluator.compare import flatten
-
-    tensors = [w.tensor for w in flatten(want) if isinstance(w, TensorInfo)]
-    if not isinstance(claimed, list) or len(claimed) != len(tensors):
-        return False
-    for (s, a), t in zip(claimed, tensors):
-        if not t.numel():
-            continue
-        atol, rtol = tol.for_dtype(t.dtype)
-        ws, wa = float(t.double().sum()), float(t.double().abs().sum())
-        slack = atol * t.numel() + rtol * wa + 1e-9
-        if abs(float(s) - ws) > slack or abs(float(a) - wa) > slack:
-            return False
-    return True

@@ -78,7 +78,6 @@ class Probe:
             torch.cuda.set_device(self.device)
         # sandbox/cpus.py: the timing cores are this worker's for its timing phase only
         self.timing_cpus, self.rest_cpus = args.get("timing_cpus"), args.get("rest_cpus")
-        self._on_timing = False
         if self.timing_cpus and args.get("pin_at_start"):  # the supervisor cannot follow this one
             cpus.pin_all_threads(self.rest_cpus)
 
@@ -272,22 +271,12 @@ class Probe:
 
     # --- timing -------------------------------------------------------------------------
     def do_cores(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
-        """Onto the timing cores for a whole timing phase (timed loop and spot checks), or back."""
-        self._on_timing = bool(meta.get("timing")) and bool(self.timing_cpus)
+        """Onto the timing cores for a timing phase (timed loop and spot checks), or back."""
         if self.timing_cpus:
-            cpus.pin_all_threads(self.timing_cpus if self._on_timing else self.rest_cpus)
+            cpus.pin_all_threads(self.timing_cpus if meta.get("timing") else self.rest_cpus)
         return "cores", {}, []
 
     def do_time(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
-        if not self.timing_cpus or self._on_timing:
-            return self._time(meta)
-        cpus.pin_all_threads(self.timing_cpus)
-        try:
-            return self._time(meta)
-        finally:
-            cpus.pin_all_threads(self.rest_cpus)
-
-    def _time(self, meta: dict[str, Any]) -> tuple[str, dict[str, Any], list[Any]]:
         """Warm-up, then timed calls on fresh inputs until min_iters are done and the loop has
         run target_s of wall-clock time (input preparation included: on a CPU, drawing fresh
         inputs can cost more than the kernel), or max_iters."""

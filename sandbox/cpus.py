@@ -19,6 +19,8 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
+from sandbox.compiler import place_compilers
+
 
 def usable() -> tuple[int, ...]:
     return tuple(sorted(os.sched_getaffinity(0)))
@@ -48,6 +50,11 @@ def partition(spec: str, device: str) -> tuple[int, ...]:
     return tuple(sorted(chosen))
 
 
+def rest_of(timing: tuple[int, ...]) -> tuple[int, ...]:
+    """The cores compiles and checks keep during a timing phase."""
+    return tuple(c for c in usable() if c not in timing)
+
+
 def _ranges(cpus: tuple[int, ...]) -> str:
     return ",".join(str(c) for c in cpus)
 
@@ -55,11 +62,7 @@ def _ranges(cpus: tuple[int, ...]) -> str:
 def pin_all_threads(cpus: list[int] | tuple[int, ...]) -> None:
     """Move every thread of this process onto `cpus` (sched_setaffinity(pid) moves one thread
     only; thread pools made earlier keep their own mask otherwise)."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except (ProcessLookupError, PermissionError):
-            pass  # a thread that just ended
+    _pin_pids(_own_threads(), cpus)
 
 
 def cgroup_cpu_seconds(dirs: list[Path]) -> float | None:
@@ -77,13 +80,16 @@ def cgroup_cpu_seconds(dirs: list[Path]) -> float | None:
     return None
 
 
-def _group(pgid: int) -> set[int]:
-    found = set()
+def _in_groups(pgids: set[int]) -> set[int]:
+    """The processes of these process groups (one pass over /proc)."""
+    found: set[int] = set()
+    if not pgids:
+        return found
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[2]) == pgid:
+                if int(stat.rsplit(")", 1)[1].split()[2]) in pgids:
                     found.add(int(entry))
             except (OSError, ValueError, IndexError):
                 pass
@@ -110,7 +116,7 @@ class Lender:
 
     def __init__(self, timing: tuple[int, ...]):
         self.all = usable()
-        self.rest = tuple(c for c in self.all if c not in timing)
+        self.rest = rest_of(timing)
         self._cgroups: set[Any] = set()
         self._pids: set[int] = set()
         self._lock = threading.Lock()
@@ -128,14 +134,10 @@ class Lender:
             self._cgroups.discard(cgroup)
 
     def confine(self, on: bool) -> None:
-        from sandbox.compiler import place_compilers
-
         target = self.rest if on else self.all
-        groups = place_compilers(self.rest if on else None)
+        compilers = _in_groups(place_compilers(self.rest if on else None))
         with self._lock:
             ids = set(self._pids) | _own_threads()  # the supervisor too: its comparisons, display, clients
             for cg in self._cgroups:
                 ids |= cg.threads()
-        for g in groups:
-            ids |= _group(g)
-        _pin_pids(ids, target)
+        _pin_pids(ids | compilers, target)

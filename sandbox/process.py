@@ -47,9 +47,7 @@ class SandboxConfig:
     @classmethod
     def partitioned(cls, cache_dir: Path, device: str = "cpu", spec: str = "auto", **kw: Any) -> "SandboxConfig":
         """The CLI's default: timing cores apart (sandbox/cpus.py), one thread per timing core."""
-        from sandbox.cpus import partition
-
-        timing = partition(spec, device)
+        timing = placement.partition(spec, device)
         return cls(cache_dir=cache_dir, device=device, timing_cpus=timing,
                    threads=len(timing) or (os.cpu_count() or 1), **kw)
 
@@ -58,10 +56,8 @@ class SandboxConfig:
         supervisor cannot follow (no cgroup: not `lent`) stays off the timing cores from the start."""
         if not self.timing_cpus:
             return {}
-        from sandbox.cpus import usable
-
-        rest = [c for c in usable() if c not in self.timing_cpus]
-        return {"timing_cpus": list(self.timing_cpus), "rest_cpus": rest, "pin_at_start": not lent}
+        return {"timing_cpus": list(self.timing_cpus), "rest_cpus": list(placement.rest_of(self.timing_cpus)),
+                "pin_at_start": not lent}
 
     @property
     def memory_limit(self) -> int:

@@ -262,13 +262,7 @@ def test_one_command_runs_a_suite_on_ray_into_postgresql_with_docker_isolated_ev
         with Store.open(url, tmp_path / "unused.db") as st:
             (run,) = st.runs()
             assert run["config"]["sandbox"] == "docker" and run["evaluations"] == 4
-            evals = _run_evaluations(st, run["id"])
+            evals = [st.evaluation(r["id"]) for r in st.evaluation_rows(run["id"])]
             assert len(evals) == 4
             assert {e["fingerprint"]["sandbox"] for e in evals} == {f"docker {docker_image}"}
 
-
-def _run_evaluations(store: Store, run: int) -> list[dict]:
-    from store.rows import evaluation_dict
-
-    with Session(store.engine) as s:
-        return [evaluation_dict(e) for e in s.execute(select(Evaluation).where(Evaluation.run_id == run)).scalars()]

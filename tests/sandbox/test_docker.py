@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from sandbox.image import Plan
 from sandbox.process import SandboxConfig
 from tests.conftest import FAST_TIMING
 from tests.data.candidates import FAST, slow
-from tests.sandbox.test_faults import _alive_with
+from tests.sandbox.test_faults import _alive_with, assert_no_network
 
 SECRETS = {"OPENAI_API_KEY": "sk-kwtest-secret", "MY_SERVICE_TOKEN": "tok-kwtest-secret", "DB_PASSWORD": "pw-kwtest-secret"}
 
@@ -212,35 +210,7 @@ def test_container_sees_no_secret_no_network_and_its_own_pids(docker_loose, smal
 
 
 def test_no_network(docker_loose, small_task):
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.2)
-    port = server.getsockname()[1]
-    accepted = []
-
-    def accept():
-        end = time.monotonic() + 20
-        while time.monotonic() < end:
-            try:
-                accepted.append(server.accept())
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    probe = f'''
-        s = socket.socket()
-        s.settimeout(2)
-        s.connect(("127.0.0.1", {port}))
-        return x'''
-    v = docker_loose.evaluate(small_task, slow(prelude="import socket\n", forward=probe))
-    server.close()
-    t.join()
-    assert v.status.value == "runtime_error"
-    assert accepted == []
+    assert_no_network(docker_loose, small_task)
 
 
 def test_root_and_mounts_are_read_only(docker_loose, small_task, docker_sandbox):

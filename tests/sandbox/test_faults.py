@@ -140,6 +140,12 @@ def test_secrets_do_not_reach_the_candidate(cache_dir, tmp_path, small_task):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 def test_no_network(loose_evaluator, small_task):
+    assert_no_network(loose_evaluator, small_task)
+
+
+def assert_no_network(evaluator, task) -> None:
+    """A candidate that connects to a server listening on this machine's loopback fails, and
+    the server never sees a connection (shared with the docker sandbox's tests)."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen()
@@ -164,7 +170,7 @@ def test_no_network(loose_evaluator, small_task):
         s.settimeout(2)
         s.connect(("127.0.0.1", {port}))
         return x'''
-    v = loose_evaluator.evaluate(small_task, slow(prelude="import socket\n", forward=probe))
+    v = evaluator.evaluate(task, slow(prelude="import socket\n", forward=probe))
     server.close()
     t.join()
     assert v.status.value == "runtime_error"
