@@ -48,8 +48,9 @@ def batch_cmd(
     from tasks.registry import resolve
 
     opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
-    store = open_store(opts.db)
+    store = None  # opened after the options are checked: bad input leaves no store behind
     if resume is not None:
+        store = open_store(opts.db)
         run = store.run(resume)
         if run is None or run["command"] != "batch":
             raise UserError(f"no batch run {resume} in {opts.db}")
@@ -73,6 +74,7 @@ def batch_cmd(
 
         keyed_config(model, base_url, os.environ.get(api_key_env, ""), api_key_env, concurrency)
     llm = batch.LLMSpec(model, base_url, api_key_env, concurrency) if model else None
+    store = store or open_store(opts.db)
     config = {"suite": suite_name, "tasks": [str(t.path) for t in tasks] if task else [], "strategy": strategy,
               "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed, "model": model,
               "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "device": device,

@@ -51,8 +51,9 @@ def optimize_cmd(
     from tasks.registry import resolve
 
     opts = options(db, device, timeout, sandbox, image)
-    store = open_store(opts.db)
+    store = None  # opened after the options are checked: bad input leaves no store behind
     if resume is not None:
+        store = open_store(opts.db)
         run = store.run(resume)
         if run is None or run["command"] != "optimize":
             raise UserError(f"no optimize run {resume} in {opts.db}")
@@ -66,6 +67,7 @@ def optimize_cmd(
         raise UserError("--budget and --concurrency must be at least 1, --tune-fraction within 0..1")
     tasks = resolve(suite if suite or task else "cpu", task)
     llm_cfg = _llm_config(model, base_url, api_key_env, concurrency)
+    store = store or open_store(opts.db)
     cfg = OptimizeConfig(strategy=strategy, budget=budget, time_limit_s=time_limit * 60 if time_limit else None,
                          max_cost_usd=max_cost, concurrency=concurrency, tuner=tuner, tune_fraction=tune_fraction,
                          seed=seed)

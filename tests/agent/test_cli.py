@@ -67,6 +67,17 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(work, task, candidate, 
     assert not (tmp / "kernelwright.db").exists()
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--strategy", "nope"], "unknown strategy"), (["--tuner", "nope"], "unknown tuner"),
+    (["--budget", "0"], "--budget"), (["--task", "missing.py"], "missing.py"),
+])
+def test_bad_optimize_input_is_one_line_and_leaves_no_store(work, args, message):
+    tmp, cache = work
+    r = kw("optimize", *args, cwd=tmp, cache=cache)
+    assert r.returncode == 2 and r.stderr.startswith("Error:") and message in r.stderr, r.stderr
+    assert not (tmp / "kernelwright.db").exists()
+
+
 def test_bad_db_url(work):
     tmp, cache = work
     r = kw("eval", str(DATA / "softmax_small.py"), "fast.py", "--db", "nosuchdialect://x", cwd=tmp, cache=cache)
