@@ -60,7 +60,7 @@ class Optimizer:
         self.store, self.evaluator, self.cfg, self.run_id, self.llm = store, evaluator, cfg, run_id, llm
         self.on_update = on_update or (lambda _: None)
         self.rng = random.Random(cfg.seed * 7919 + run_id)
-        self.lock = threading.Lock()
+        self.lock = threading.Condition()  # guards the state below; notified when a job ends
         self.stop = threading.Event()
         self.stopped_by = ""
         self.started = time.monotonic()
@@ -118,9 +118,7 @@ class Optimizer:
                 if not open_runs:
                     if not any(tr.inflight for tr in self.runs):
                         return None
-                    self.lock.release()  # wait for in-flight work: it may free or end a task
-                    time.sleep(0.05)
-                    self.lock.acquire()
+                    self.lock.wait(0.05)  # for in-flight work: it may free or end a task
                     continue
                 for tr in sorted(open_runs, key=lambda t: (t.evaluated + t.inflight, t.task.name)):
                     job = self._next_job(tr)
@@ -130,9 +128,7 @@ class Optimizer:
                         return tr, job
                 if not any(tr.inflight for tr in self.runs):
                     return None
-                self.lock.release()
-                time.sleep(0.05)
-                self.lock.acquire()
+                self.lock.wait(0.05)
             return None
 
     def _next_job(self, tr: _TaskRun) -> Any:
@@ -177,6 +173,7 @@ class Optimizer:
             finally:
                 with self.lock:
                     tr.inflight -= 1
+                    self.lock.notify_all()
                 self.on_update(self)
 
     def _ask_llm(self, tr: _TaskRun, ask: strategies.Ask) -> None:

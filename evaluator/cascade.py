@@ -308,14 +308,13 @@ class _CandidateRun:
         self.flags += [note] if note else []
         self.init(None)
         self.call("cores", {"timing": True})  # onto the timing cores for the loop and the spot check
-        apart = self.ev.device_lock.timing_apart
         for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
             t0, cpu0 = time.perf_counter(), self.w.proc_cpu_seconds()
             _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
             wall_s = time.perf_counter() - t0
             cpu1 = self.w.proc_cpu_seconds()  # the worker's cgroup, which it cannot touch
             self.timing = cand = timing_from_meta(meta, wall_s * 1e3)
-            if apart and cpu0 is not None and cpu1 is not None:
+            if self.ev.timing_cpus and cpu0 is not None and cpu1 is not None:
                 self._reject(timing_checks.cores_escaped(cpu1 - cpu0, wall_s, len(self.ev.timing_cpus)))
             if not cand.samples_ms:
                 raise _Fail(Status.RUNTIME_ERROR, "the timing loop returned no samples")

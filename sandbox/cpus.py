@@ -14,6 +14,7 @@ them all onto the other cores when a phase begins and back onto every core when 
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -22,7 +23,10 @@ from typing import Any, Iterable
 from sandbox.compiler import place_compilers
 
 
+@functools.lru_cache(maxsize=None)
 def usable() -> tuple[int, ...]:
+    """The cores this process may use, as first seen: later, during a timing phase, the calling
+    thread is itself confined to the other cores."""
     return tuple(sorted(os.sched_getaffinity(0)))
 
 
@@ -63,21 +67,6 @@ def pin_all_threads(cpus: list[int] | tuple[int, ...]) -> None:
     """Move every thread of this process onto `cpus` (sched_setaffinity(pid) moves one thread
     only; thread pools made earlier keep their own mask otherwise)."""
     _pin_pids(_own_threads(), cpus)
-
-
-def cgroup_cpu_seconds(dirs: list[Path]) -> float | None:
-    """CPU time used by everything in a worker's cgroup (v2 cpu.stat, v1 cpuacct.usage)."""
-    for d in dirs:
-        try:
-            if (d / "cpuacct.usage").exists():
-                return int((d / "cpuacct.usage").read_text()) / 1e9
-            if (d / "cpu.stat").exists():
-                for line in (d / "cpu.stat").read_text().splitlines():
-                    if line.startswith("usage_usec "):
-                        return int(line.split()[1]) / 1e6
-        except (OSError, ValueError):
-            return None
-    return None
 
 
 def _in_groups(pgids: set[int]) -> set[int]:

@@ -100,15 +100,6 @@ class ContainerProcess:
         except Exception:  # noqa: BLE001
             return False
 
-    def cpu_seconds(self) -> float | None:
-        """The container's CPU time, from its cgroup on this host (cgroupfs or systemd layouts)."""
-        from sandbox.cpus import cgroup_cpu_seconds
-
-        cid, root = self.container.id, Path("/sys/fs/cgroup")
-        dirs = [root / "cpuacct" / "docker" / cid, root / "cpu,cpuacct" / "docker" / cid, root / "docker" / cid,
-                root / "system.slice" / f"docker-{cid}.scope"]
-        return cgroup_cpu_seconds([d for d in dirs if d.is_dir()])
-
     def log_tail(self, limit: int) -> str:
         try:
             return self.container.logs(stdout=True, stderr=True, tail=400).decode(errors="replace")[-limit:]

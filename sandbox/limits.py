@@ -127,9 +127,18 @@ class Cgroup:
         return found
 
     def cpu_seconds(self) -> float | None:
-        from sandbox.cpus import cgroup_cpu_seconds
-
-        return cgroup_cpu_seconds(self.dirs)
+        """CPU time used by everything in the cgroup (v1 cpuacct.usage, v2 cpu.stat)."""
+        for d in self.dirs:
+            try:
+                if (d / "cpuacct.usage").exists():
+                    return int((d / "cpuacct.usage").read_text()) / 1e9
+                if (d / "cpu.stat").exists():
+                    for line in (d / "cpu.stat").read_text().splitlines():
+                        if line.startswith("usage_usec "):
+                            return int(line.split()[1]) / 1e6
+            except (OSError, ValueError):
+                return None
+        return None
 
     def memory_exceeded(self) -> bool:
         for d in self.dirs:
