@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from agent import cli_review  # noqa: F401 - registers the commands on the app
 from agent.app import app
+from agent.optimize import OptimizeConfig
 from store import Store
 from tests.agent.review_data import review_store
 
@@ -48,7 +49,7 @@ def test_best_json_is_the_leaderboard(db: Path, store: Store):
         assert (r["speedup"], r["candidate_id"], r["fingerprint_id"], r["evaluation_id"]) == (
             want["speedup"], want["candidate_id"], want["fingerprint_id"], want["evaluation_id"])
         assert r["device"] == "cpu" and r["created_at"]
-        assert r["strategy"] == ("best-of-n" if r["task"] == "softmax_small" else "tune:local")
+        assert r["strategy"] == ("best-of-n" if r["task"] == "softmax_small" else f"tune:{OptimizeConfig().tuner}")
     code, out = kw("best", "--db", str(db), "--json", "--task", "rmsnorm")
     assert [r["task"] for r in json.loads(out)["tasks"]] == ["rmsnorm"]
     code, out = kw("best", "--db", str(db), "--json", "--device", "cuda")
