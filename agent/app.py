@@ -29,6 +29,8 @@ BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [
 TunerOpt = typer.Option("pattern", "--tuner", help="Knob search: pattern | local | random | exhaustive | evolutionary")
 TuneFractionOpt = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the search's own choices")
+ConfirmOpt = typer.Option(2, "--confirm", help="After each task's budget: up to this many re-measurements of its "
+                          "leader, until it has been measured twice (0: off)")
 
 
 def check_search(strategy: str, tuner: str) -> None:

@@ -248,7 +248,8 @@ class Batch:
         return self.summary()
 
     def progress(self) -> list[dict[str, Any]]:
-        """Per job, from the store: evaluated, counts, best; with its state."""
+        """Per job, from the store: candidates evaluated, evaluations by status (re-measurements
+        included), the best; with its state."""
         by_task = self.store.run_progress(self.cfg.run_id)
         rows = []
         for job in self.jobs:
@@ -256,8 +257,9 @@ class Batch:
             state = ("done" if job in self.results else "failed" if job in self.failures
                      else "running" if p.get("evaluated") else "started or queued")
             rows.append({"task": job.task.name, "strategy": job.strategy, "state": state,
-                         "evaluated": p.get("evaluated", 0), "counts": p.get("counts", {}),
-                         "best_speedup": p.get("best_speedup"), "best_candidate_id": p.get("best_candidate_id")})
+                         "evaluated": p.get("candidates", 0), "counts": p.get("counts", {}),
+                         "best_speedup": p.get("best_speedup"), "best_candidate_id": p.get("best_candidate_id"),
+                         "measurements": p.get("best_measurements", 0)})
         return rows
 
     def summary(self) -> dict[str, Any]:
@@ -270,6 +272,7 @@ class Batch:
             reasons.add("failed" if job in self.failures else res.get("stopped_by", ""))
             tasks.append({"task": row["task"], "strategy": row["strategy"],
                           "best_candidate_id": row["best_candidate_id"], "best_speedup": row["best_speedup"],
+                          "measurements": row["measurements"],
                           "evaluated": row["evaluated"], "counts": row["counts"], "note": note,
                           "worker": res.get("worker")})
         return {"run_id": self.cfg.run_id, "tasks": tasks,

@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
-                       TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
+                       ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, open_store, options
 
 
@@ -38,6 +38,7 @@ def batch_cmd(
     tuner: str = TunerOpt,
     tune_fraction: float = TuneFractionOpt,
     seed: int = SeedOpt,
+    confirm: int = ConfirmOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
     sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
@@ -57,12 +58,14 @@ def batch_cmd(
         c = run["config"]
         suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
         tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
+        confirm = c.get("confirm", confirm)
         api_key_env, concurrency, max_cost = c["api_key_env"], c["concurrency"], c["max_cost"]
         opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
     check_search(strategy, tuner)
-    if budget < 1 or concurrency < 1 or workers < 1 or max_retries < 0 or not 0.0 <= tune_fraction <= 1.0:
-        raise UserError("--budget, --concurrency and --workers must be at least 1, --max-retries at least 0, "
-                        "--tune-fraction within 0..1")
+    if budget < 1 or concurrency < 1 or workers < 1 or max_retries < 0 or confirm < 0 \
+            or not 0.0 <= tune_fraction <= 1.0:
+        raise UserError("--budget, --concurrency and --workers must be at least 1, --max-retries and --confirm "
+                        "at least 0, --tune-fraction within 0..1")
     if cpus_per_job <= 0 or gpus_per_eval < 0:
         raise UserError("--cpus-per-job must be positive and --gpus-per-eval not negative")
     suite_name = suite if suite or task else "cpu"
@@ -78,7 +81,8 @@ def batch_cmd(
     config = {"suite": suite_name, "tasks": [str(t.path) for t in tasks] if task else [], "strategy": strategy,
               "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed, "model": model,
               "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "device": device,
-              "max_cost": max_cost, "address": address, "sandbox": opts.sandbox, "image": opts.image}
+              "max_cost": max_cost, "address": address, "confirm": confirm, "sandbox": opts.sandbox,
+              "image": opts.image}
     say = err_console.print if as_json else console.print
     try:
         resources = batch.connect(address, workers, worker_logs=not as_json)
@@ -95,7 +99,7 @@ def batch_cmd(
         cfg = batch.BatchConfig(
             run_id=run_id, options=opts,
             optimize=OptimizeConfig(strategy=strategy, budget=budget, concurrency=concurrency, tuner=tuner,
-                                    tune_fraction=tune_fraction, seed=seed),
+                                    tune_fraction=tune_fraction, seed=seed, confirm=confirm),
             llm=llm, deadline=time.time() + time_limit * 60 if time_limit else None,
             max_cost_per_job=max_cost / len(jobs) if max_cost is not None else None,
             cpus_per_job=cpus_per_job, gpus_per_eval=gpus_per_eval, max_retries=max_retries)

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
-                       TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
+                       ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
 
@@ -42,6 +42,7 @@ def optimize_cmd(
     tuner: str = TunerOpt,
     tune_fraction: float = TuneFractionOpt,
     seed: int = SeedOpt,
+    confirm: int = ConfirmOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run (after a kill or Ctrl-C)"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
     sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
@@ -60,22 +61,24 @@ def optimize_cmd(
         c = run["config"]
         suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
         tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
+        confirm = c.get("confirm", confirm)
         api_key_env, concurrency = c.get("api_key_env", api_key_env), c.get("concurrency", concurrency)
         opts = options(db, device, timeout, sandbox, image)
     check_search(strategy, tuner)
-    if budget < 1 or concurrency < 1 or not 0.0 <= tune_fraction <= 1.0:
-        raise UserError("--budget and --concurrency must be at least 1, --tune-fraction within 0..1")
+    if budget < 1 or concurrency < 1 or confirm < 0 or not 0.0 <= tune_fraction <= 1.0:
+        raise UserError("--budget and --concurrency must be at least 1, --confirm at least 0, "
+                        "--tune-fraction within 0..1")
     tasks = resolve(suite if suite or task else "cpu", task)
     llm_cfg = _llm_config(model, base_url, api_key_env, concurrency)
     store = store or open_store(opts.db)
     cfg = OptimizeConfig(strategy=strategy, budget=budget, time_limit_s=time_limit * 60 if time_limit else None,
                          max_cost_usd=max_cost, concurrency=concurrency, tuner=tuner, tune_fraction=tune_fraction,
-                         seed=seed)
+                         seed=seed, confirm=confirm)
     if resume is None:
         run_id = store.start_run("optimize", {
             "suite": suite if suite or task else "cpu", "tasks": [str(t.path) for t in tasks] if task else [],
             "strategy": strategy, "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed,
-            "model": llm_cfg.model if llm_cfg else None, "base_url": llm_cfg.base_url if llm_cfg else None,
+            "confirm": confirm, "model": llm_cfg.model if llm_cfg else None, "base_url": llm_cfg.base_url if llm_cfg else None,
             "api_key_env": api_key_env, "concurrency": concurrency, "device": device}, device)
     else:
         run_id = resume

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import statistics
 from pathlib import Path
 from typing import Any, Optional
 
@@ -60,12 +61,13 @@ def best_cmd(task: Optional[str] = typer.Option(None, "--task", help="Only this 
         console.print("No correct kernel in the store" + (f" for {task}" if task else "") + ".")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for name in ("task", "speedup", "candidate", "device", "fingerprint", "strategy", "when"):
+    # speedup: the median of the candidate's measurements (store/ranking.py); measured: how many
+    for name in ("task", "speedup", "measured", "candidate", "device", "fingerprint", "strategy", "when"):
         width = {"candidate": 12, "fingerprint": 12, "when": 10, "strategy": 10, "speedup": 7, "device": 6}.get(name)
         table.add_column(name, no_wrap=True, min_width=width,  # ids are for copying: never cut
-                         justify="right" if name == "speedup" else "left")
+                         justify="right" if name in ("speedup", "measured") else "left")
     for r in rows:
-        table.add_row(escape(r["task"]), _x(r["speedup"]), r["candidate_id"], r["device"] or "-",
+        table.add_row(escape(r["task"]), _x(r["speedup"]), str(r["measurements"]), r["candidate_id"], r["device"] or "-",
                       r["fingerprint_id"] or "-", escape(r["strategy"] or "-"), (r["created_at"] or "")[:10])
     console.print(table)
 
@@ -94,6 +96,10 @@ def show_cmd(candidate: str = typer.Argument(..., help="Candidate id (or a uniqu
     console.print(Syntax(cand["source"], "python", line_numbers=True, word_wrap=True))
     for e in evaluations:
         _print_evaluation(e)
+    timed = [e["speedup"] for e in evaluations if e["correct"] and e["speedup"] is not None]
+    if len(timed) > 1:
+        console.print(f"speedup {_x(statistics.median(timed))}: the median of its {len(timed)} correct measurements "
+                      "(the leaderboard ranks by it)")
     chain = [f"{c['id']} ({c['origin']}, {c['status'] or 'not evaluated'}, {_x(c['speedup'])})" for c in lineage]
     root = lineage[-1]
     root_calls = calls if root["id"] == cand["id"] else store.llm_calls(candidate_id=root["id"])

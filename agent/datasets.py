@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 from agent import prompts
 from agent.propose import target_facts
 from agent.reward import FAILURE, reward
+from store import ranking
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +85,8 @@ def groups(store: Any) -> list[tuple[list[dict[str, str]], list[Answer]]]:
         elif call["status"] == "format_error" and call["task_id"] in names:
             add(call["task_id"], call["messages"], Answer(names[call["task_id"]]["name"], None, call["response"], None,
                                                           "format_error", None, FAILURE["format_error"], None))
+    # a candidate's speedup is the median of its measurements, as the leaderboard ranks it
+    speed = {cid: st.speedup for cid, st in ranking.standings(store.evaluation_rows()).items()}
     for task in names.values():
         history = store.task_history(task["id"])
         measured = (h["evaluation"]["fingerprint"] for h in history if h["evaluation"]["fingerprint"].get("device"))
@@ -95,7 +98,7 @@ def groups(store: Any) -> list[tuple[list[dict[str, str]], list[Answer]]]:
             calls = producing.get(h["id"], [])
             for call in calls or [None]:
                 answer = Answer(task["name"], h["source"], call["response"] if call else None, h["id"], e["status"],
-                                e["speedup"], value, e["fingerprint_id"])
+                                speed.get(h["id"], e["speedup"]), value, e["fingerprint_id"])
                 if call is not None:
                     add(task["id"], call["messages"], answer)
                     continue

@@ -43,11 +43,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
     t = Table(title=f"run {summary['run_id']}: stopped by {summary['stopped_by']}",
               caption=f"LLM calls {summary['llm_calls']}, tokens {summary['tokens']['in']}+{summary['tokens']['out']}, "
                       f"${summary['cost_usd']:.4f}, {summary['seconds']} s")
-    for col in ("task", "best speedup", "best candidate", "evaluated", "statuses"):
-        t.add_column(col, justify="right" if col in ("best speedup", "evaluated") else "left")
+    # measured: how many times the best was measured (its speedup is their median); statuses
+    # count evaluations, re-measurements included
+    for col in ("task", "best speedup", "measured", "best candidate", "evaluated", "statuses"):
+        t.add_column(col, justify="right" if col in ("best speedup", "measured", "evaluated") else "left")
     for task in summary["tasks"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(task["counts"].items()))
         best = task["best_speedup"]
-        t.add_row(task["task"], f"{best:.2f}x" if best is not None else "-", task["best_candidate_id"] or "-",
+        t.add_row(task["task"], f"{best:.2f}x" if best is not None else "-", str(task.get("measurements") or "-"),
+                  task["best_candidate_id"] or "-",
                   str(task["evaluated"]), counts + (f" ({task['note']})" if task.get("note") else ""))
     return t

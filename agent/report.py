@@ -16,6 +16,8 @@ import io
 import itertools
 from typing import Any
 
+from store import ranking
+
 SPEEDUP_CLIP = 1e3  # a report axis, not a claim: flagged outliers still plot, at the edge
 
 
@@ -36,15 +38,19 @@ def load(store: Any, run_id: int | None = None) -> ReportData:
 
 
 def leaderboard(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per task id: evaluations, correct ones, and the best correct speedup (earliest wins a tie)."""
+    """Per task id: evaluations, correct ones, and the best candidate by the median of its
+    measurements (store/ranking.py; the earliest wins a tie)."""
     board: dict[int, dict[str, Any]] = {}
     for r in rows:
         b = board.setdefault(r["task_id"], {"task": r["task"], "evaluations": 0, "correct": 0, "best": None})
         b["evaluations"] += 1
-        if r["correct"] and r["speedup"] is not None:
-            b["correct"] += 1
-            if b["best"] is None or r["speedup"] > b["best"]["speedup"]:
-                b["best"] = r
+        b["correct"] += bool(r["correct"] and r["speedup"] is not None)
+    ranked: dict[int, list[ranking.Standing]] = {}
+    for st in ranking.standings(rows).values():
+        ranked.setdefault(st.first["task_id"], []).append(st)
+    for task_id, standings in ranked.items():
+        st = ranking.leader(standings)
+        board[task_id]["best"] = {**st.first, "speedup": st.speedup, "measurements": st.measurements}
     return sorted(board.values(), key=lambda b: b["task"])
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Any, Callable, Generator, Mapping
+import statistics
+from typing import Any, Callable, Generator, Mapping, Sequence
 
 from agent.knobs import KnobSpace
 
@@ -197,3 +198,18 @@ class Tuner:
 
 def key(config: Mapping[str, Any]) -> tuple:
     return _key(dict(config))
+
+
+def leader(measured: Mapping[Any, Sequence[float]]) -> Any:
+    """What has the lowest median of its measurements (None when nothing has one)."""
+    scored = {k: statistics.median(v) for k, v in measured.items() if v}
+    return min(scored, key=scored.__getitem__) if scored else None
+
+
+def to_confirm(measured: Mapping[Any, Sequence[float]], times: int = 2) -> Any:
+    """The winner's-curse guard: when many things are measured once with noise, the lowest
+    single measurement is biased low. The leader is measured again until it has `times`
+    measurements; when a re-measurement demotes it, the new leader's turn comes. None: the
+    leader is confirmed (or nothing leads)."""
+    k = leader(measured)
+    return k if k is not None and len(measured[k]) < times else None

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, func, select
 
+from store import ranking
 from store.db import open_engine
 from store.errors import StoreError, one_line
 from store.models import ORIGINS, RUN_STATUSES, Candidate, Evaluation, LLMCall, Run, Task, utcnow
@@ -162,38 +163,41 @@ class Store:
 
     def best(self, task: str | int | None = None, device: str | None = None,
              fingerprint_id: str | None = None) -> list[dict[str, Any]]:
-        """Per task, the correct evaluation with the highest speedup (earliest wins a tie).
+        """Per task, the correct candidate with the highest median speedup over its evaluations
+        (store/ranking.py: the earliest wins a tie; one ever judged incorrect never ranks).
 
         `task` is a task name (every task of that name) or a task id. Without a fingerprint
         filter, speedups measured on different machines compete; filter to compare fairly.
         """
-        rank = func.row_number().over(partition_by=col(Candidate.task_id),
-                                      order_by=(col(Evaluation.speedup).desc(), col(Evaluation.id)))
-        ranked = (select(col(Evaluation.id).label("evaluation_id"), rank.label("rank"))
-                  .join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
-                  .join(Task, col(Task.id) == Candidate.task_id)
-                  .where(col(Evaluation.correct).is_(True), col(Evaluation.speedup).is_not(None)))
-        if isinstance(task, int):
-            ranked = ranked.where(Task.id == task)
-        elif task is not None:
-            ranked = ranked.where(Task.name == task)
-        if device is not None:
-            ranked = ranked.where(Evaluation.device == device)
-        if fingerprint_id is not None:
-            ranked = ranked.where(Evaluation.fingerprint_id == fingerprint_id)
-        top = ranked.subquery()
         query = (select(Task, Candidate.origin, Evaluation)
                  .join(Candidate, col(Candidate.task_id) == Task.id)
                  .join(Evaluation, col(Evaluation.candidate_id) == Candidate.id)
-                 .join(top, top.c.evaluation_id == Evaluation.id)
-                 .where(top.c.rank == 1)
-                 .order_by(col(Task.name), col(Task.id)))
+                 .order_by(col(Evaluation.id)))
+        if isinstance(task, int):
+            query = query.where(Task.id == task)
+        elif task is not None:
+            query = query.where(Task.name == task)
+        if device is not None:
+            query = query.where(Evaluation.device == device)
+        if fingerprint_id is not None:
+            query = query.where(Evaluation.fingerprint_id == fingerprint_id)
         with Session(self.engine) as s:
-            return [{"task": t.name, "task_id": t.id, "suite": t.suite, "speedup": e.speedup,
-                     "candidate_id": e.candidate_id, "evaluation_id": e.id, "fingerprint_id": e.fingerprint_id,
-                     "device": e.device, "origin": origin, "candidate_ms": e.candidate_ms,
-                     "reference_ms": e.reference_ms, "created_at": iso(e.created_at)}
-                    for t, origin, e in s.exec(query)]
+            rows = list(s.exec(query))
+        tasks = {e.candidate_id: t for t, _, e in rows}
+        origins = {e.candidate_id: origin for _, origin, e in rows}
+        per_task: dict[int, list[ranking.Standing]] = {}
+        for st in ranking.standings(e for _, _, e in rows).values():
+            per_task.setdefault(tasks[st.candidate_id].id, []).append(st)
+        out = []
+        for task_id, ranked in per_task.items():
+            st = ranking.leader(ranked)
+            t, e = tasks[st.candidate_id], st.first  # the evaluation that found it (its strategy)
+            out.append({"task": t.name, "task_id": t.id, "suite": t.suite, "speedup": st.speedup,
+                        "measurements": st.measurements, "candidate_id": st.candidate_id, "evaluation_id": e.id,
+                        "fingerprint_id": e.fingerprint_id, "device": e.device, "origin": origins[st.candidate_id],
+                        "candidate_ms": st.candidate_ms, "reference_ms": st.reference_ms,
+                        "created_at": iso(e.created_at)})
+        return sorted(out, key=lambda r: (r["task"], r["task_id"]))
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest runs first, each with how many evaluations it recorded."""
@@ -221,18 +225,25 @@ class Store:
             return [{**candidate_dict(c, ""), "evaluation": evaluation_dict(e)} for c, e in s.exec(query)]
 
     def run_progress(self, run_id: int) -> dict[int, dict[str, Any]]:
-        """Per task id: evaluations in this run by status, the best correct speedup, and its candidate."""
+        """Per task id: evaluations in this run (evaluated; by status: counts), the candidates they
+        measured, and its leading candidate by the median of its measurements in this run
+        (best_speedup, best_candidate_id, best_measurements)."""
         query = (select(Candidate.task_id, Evaluation).join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
                  .where(Evaluation.run_id == run_id).order_by(col(Evaluation.id)))
         out: dict[int, dict[str, Any]] = {}
+        evals: dict[int, list[Evaluation]] = {}
         with Session(self.engine) as s:
             for task_id, e in s.exec(query):
-                p = out.setdefault(task_id, {"evaluated": 0, "counts": {}, "best_speedup": None,
-                                             "best_candidate_id": None})
+                p = out.setdefault(task_id, {"evaluated": 0, "candidates": 0, "counts": {}, "best_speedup": None,
+                                             "best_candidate_id": None, "best_measurements": 0})
                 p["evaluated"] += 1
                 p["counts"][e.status] = p["counts"].get(e.status, 0) + 1
-                if e.correct and e.speedup is not None and (p["best_speedup"] is None or e.speedup > p["best_speedup"]):
-                    p["best_speedup"], p["best_candidate_id"] = e.speedup, e.candidate_id
+                evals.setdefault(task_id, []).append(e)
+        for task_id, es in evals.items():
+            out[task_id]["candidates"] = len({e.candidate_id for e in es})
+            if (st := ranking.leader(ranking.standings(es).values())) is not None:
+                out[task_id].update(best_speedup=st.speedup, best_candidate_id=st.candidate_id,
+                                    best_measurements=st.measurements)
         return out
 
     def run_spend(self, run_id: int, task_id: int | None = None) -> dict[str, Any]:

@@ -58,7 +58,7 @@ def _start(db: str, cache_dir: Path, tmp_path: Path, names: list[str], budget: i
     tasks = [load_task(CPU_SUITE / f"{n}.py") for n in names]
     jobs = batch.plan(store, tasks, "evolve")
     cfg = batch.BatchConfig(run_id=run, options=_options(db, cache_dir, tmp_path),
-                            optimize=OptimizeConfig(budget=budget, tuner="local"), timing=FAST_TIMING)
+                            optimize=OptimizeConfig(budget=budget, tuner="local", confirm=0), timing=FAST_TIMING)
     return store, run, jobs, cfg
 
 
@@ -173,7 +173,9 @@ def test_the_batch_command_runs_tasks_on_the_cluster_and_prints_the_summary(ray_
         assert set(summary) >= {"run_id", "tasks", "tokens", "cost_usd", "llm_calls", "stopped_by"}
         with Store.open(url, tmp_path / "unused.db") as st:
             (run,) = st.runs()
-            assert run["command"] == "batch" and run["status"] == "finished" and run["evaluations"] == 2
+            # one candidate per task, each measured again once its budget was spent (--confirm 2)
+            assert run["command"] == "batch" and run["status"] == "finished" and run["evaluations"] == 4
+            assert all(t["measurements"] == 2 for t in summary["tasks"]), summary
             assert run["id"] == summary["run_id"] and run["config"]["budget"] == 1
 
 
@@ -252,7 +254,7 @@ def test_one_command_runs_a_suite_on_ray_into_postgresql_with_docker_isolated_ev
         env = {**os.environ, "KERNELWRIGHT_CACHE": str(cache_dir), "KERNELWRIGHT_TIMEOUT": "60",
                "KERNELWRIGHT_WORKDIR": str(tmp_path / "work")}
         args = [sys.executable, "-m", "agent.cli", "batch", "--task", str(CPU_SUITE / "rmsnorm.py"),
-                "--task", str(CPU_SUITE / "cumsum.py"), "--budget", "2", "--db", url, "--json",
+                "--task", str(CPU_SUITE / "cumsum.py"), "--budget", "2", "--db", url, "--json", "--confirm", "0",
                 "--sandbox", "docker", "--image", docker_image, "--address", ray.get_runtime_context().gcs_address]
         proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import html.parser
 import shutil
+import statistics
 import subprocess
 from pathlib import Path
 
@@ -79,9 +80,12 @@ def expected_rows(db: Path, run: int | None = None) -> dict[str, list[str]]:
     for task in {r["task"] for r in rows}:
         mine = [r for r in rows if r["task"] == task]
         correct = [r for r in mine if r["correct"] and r["speedup"] is not None]
-        best = max(correct, key=lambda r: r["speedup"])
-        out[task] = [task, fmt_speedup(best["speedup"]), best["candidate_id"], str(len(mine)), str(len(correct)),
-                     "cpu", best["fingerprint_id"]]
+        wrong = {r["candidate_id"] for r in mine if r["status"] in ("incorrect", "rejected")}
+        medians = {c: statistics.median(r["speedup"] for r in correct if r["candidate_id"] == c)
+                   for c in {r["candidate_id"] for r in correct} - wrong}  # re-measured: the median
+        best = next(r for r in correct if r["candidate_id"] == max(medians, key=medians.get))
+        out[task] = [task, fmt_speedup(medians[best["candidate_id"]]), best["candidate_id"], str(len(mine)),
+                     str(len(correct)), "cpu", best["fingerprint_id"]]
     return out
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -76,8 +77,9 @@ def test_show_a_tuned_kernel_back_to_its_seed(db: Path, store: Store):
     shown = json.loads(out)
     cand = store.candidate(best["candidate_id"])
     assert shown["candidate"]["source"] == cand["source"] and shown["candidate"]["knobs"] == cand["knobs"]
-    (e,) = shown["evaluations"]
-    assert e["status"] == "ok" and e["speedup"] == best["speedup"]
+    e = shown["evaluations"][0]  # and a re-measurement, if it led its task after the budget
+    assert all(x["status"] == "ok" for x in shown["evaluations"]) and len(shown["evaluations"]) == best["measurements"]
+    assert statistics.median(x["speedup"] for x in shown["evaluations"]) == pytest.approx(best["speedup"])
     assert e["candidate_spread_ms"] is not None and e["timings"]["candidate_ms"]
     assert any(t["name"].startswith("variant") for t in e["trials"])
     assert all("max_abs" in err for t in e["trials"] for err in t["errors"])

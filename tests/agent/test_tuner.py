@@ -57,3 +57,13 @@ def test_known_scores_are_answered_from_memory():
     first = t.next()
     assert first is not None and tuner.key(first) not in known  # the two known ones cost nothing
     assert [s for _, s in t.history] == [9.0, 8.0]
+
+
+def test_the_leader_is_measured_again_until_confirmed():
+    seen = {"a": [1.0], "b": [1.1], "c": []}  # c failed: it never leads
+    assert tuner.leader(seen) == "a" and tuner.to_confirm(seen) == "a"
+    seen["a"].append(1.4)  # a's first figure was luck: its median is now 1.2
+    assert tuner.leader(seen) == "b" and tuner.to_confirm(seen) == "b"
+    seen["b"].append(1.05)
+    assert tuner.leader(seen) == "b" and tuner.to_confirm(seen) is None
+    assert tuner.to_confirm({}) is None and tuner.leader({"x": []}) is None

@@ -59,6 +59,32 @@ def test_best_breaks_ties_by_the_earliest_evaluation(store: Store, tasks: dict[s
     assert [r["candidate_id"] for r in store.best()] == [first]
 
 
+def test_a_candidate_ranks_by_the_median_of_its_measurements(store: Store, tasks: dict[str, int]):
+    gemm = tasks["gemm"]
+    run = store.start_run("optimize", {"strategy": "test"}, "cpu")
+    lucky, _ = store.record(gemm, _src("lucky"), verdict(speedup=3.0), origin="llm", run_id=run)
+    steady, _ = store.record(gemm, _src("steady"), verdict(speedup=2.4), origin="llm", run_id=run)
+    for again in (1.8, 2.0):  # re-measured: the first figure was luck
+        store.record(gemm, _src("lucky"), verdict(speedup=again), origin="llm", run_id=run)
+    (row,) = store.best()
+    assert (row["candidate_id"], row["speedup"], row["measurements"]) == (steady, 2.4, 1)
+    progress = store.run_progress(run)[gemm]
+    assert (progress["best_candidate_id"], progress["best_speedup"], progress["evaluated"]) == (steady, 2.4, 4)
+    store.record(gemm, _src("steady"), verdict(speedup=2.2), origin="llm", run_id=run)
+    (row,) = store.best()
+    assert (row["candidate_id"], row["speedup"], row["measurements"]) == (steady, 2.3, 2)
+    assert lucky != steady
+
+
+def test_a_candidate_once_judged_incorrect_never_ranks(store: Store, tasks: dict[str, int]):
+    gemm = tasks["gemm"]
+    flaky, _ = store.record(gemm, _src("racy"), verdict(speedup=9.0), origin="llm")
+    store.record(gemm, _src("racy"), verdict(speedup=9.0, correct=False), origin="llm")
+    honest, _ = store.record(gemm, _src("honest"), verdict(speedup=1.1), origin="llm")
+    assert [r["candidate_id"] for r in store.best()] == [honest]
+    assert flaky != honest
+
+
 def test_a_candidate_is_found_by_its_id_or_a_unique_prefix(store: Store, tasks: dict[str, int]):
     cid, _ = store.record(tasks["gemm"], _src("x"), verdict(), origin="llm")
     for ref in (cid, cid[:4], cid[:7], cid.upper(), f" {cid[:6]} "):
