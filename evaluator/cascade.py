@@ -38,6 +38,7 @@ class TimingConfig:
     early_iters: int = 5  # a candidate slower than `slow_ms` after this many calls stops early
     checksum_checks: int = 2  # timed iterations re-checked against the reference, besides the last
     reference_max_age_s: float = 120.0  # re-time the reference after this: load and clocks drift
+    reference_windows: int = 3  # the reference's figure pools this many recent windows (reference.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,11 +86,11 @@ class Evaluator:
         return ref
 
     def warm(self, task: Task) -> None:
-        """Reference outputs and timings now, once per task (they are reused by every candidate
-        until they age): what an evaluation of the task's first candidate would otherwise pay."""
+        """Reference outputs and timings (all their windows) now, once per task (they are reused
+        by every candidate until they age): what the task's first evaluations would otherwise pay."""
         ref = self.reference(task)
         with self.timing_phase():
-            self._reference_timings(task, ref)
+            self._reference_timings(task, ref, fill=True)
 
     @contextlib.contextmanager
     def timing_phase(self) -> Iterator[None]:
@@ -105,14 +106,15 @@ class Evaluator:
                 if confine:
                     confine(False)
 
-    def _reference_timings(self, task: Task, ref: ReferenceSession) -> tuple[Timing, Timing | None, str]:
+    def _reference_timings(self, task: Task, ref: ReferenceSession,
+                           fill: bool = False) -> tuple[Timing, Timing | None, str]:
         """Eager (and on GPUs torch.compile) reference timings, cached by the session; call with
         the device held exclusively. A failed torch.compile leaves a note, not a failure."""
-        params, max_age = self._timing_params(task), self.cfg.timing.reference_max_age_s
-        eager, compiled, note = ref.timing(params, None, self._init_seed(task), max_age), None, ""
+        params, max_age, n = self._timing_params(task), self.cfg.timing.reference_max_age_s, self.cfg.timing.reference_windows
+        eager, compiled, note = ref.timing(params, None, self._init_seed(task), max_age, n, fill), None, ""
         if self.cfg.device == "cuda" and self.cfg.compare_compile and task.meta.compile_reference:
             try:
-                compiled = ref.timing({**params, "compiled": True}, None, self._init_seed(task), max_age)
+                compiled = ref.timing({**params, "compiled": True}, None, self._init_seed(task), max_age, n, fill)
             except ReferenceFailed as e:  # no torch.compile figure, but the eager one stands
                 note = f"no torch.compile reference: {str(e).splitlines()[0][:200]}"
         return eager, compiled, note

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import statistics
 from typing import Any
 
 
@@ -68,6 +69,17 @@ class Timing:
             return s[lo] + (s[hi] - s[lo]) * (x - lo)
 
         return Timing(tuple(samples_ms), q(0.5), q(0.75) - q(0.25), wall_ms, early_exit, overhead_ms, tuple(warmup_ms))
+
+    @staticmethod
+    def pooled(windows: list["Timing"]) -> "Timing":
+        """Several timing windows of one side as one: the median of the windows' medians (a
+        window the machine slowed down moves it least), the samples and spread of all of them."""
+        if len(windows) == 1:
+            return windows[0]
+        t = Timing.from_samples([x for w in windows for x in w.samples_ms], sum(w.wall_ms for w in windows),
+                                any(w.early_exit for w in windows),
+                                sum(w.overhead_ms for w in windows) / len(windows), list(windows[-1].warmup_ms))
+        return dataclasses.replace(t, median_ms=statistics.median(w.median_ms for w in windows))
 
 
 @dataclasses.dataclass(frozen=True)
