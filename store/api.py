@@ -25,6 +25,11 @@ from store.rows import (CANDIDATE_ID_LEN, candidate_dict, candidate_id, encode, 
 from store.sqlite import for_writes
 
 MIN_PREFIX = 4
+# what store/ranking.py reads of an evaluation (not its bulky trials, timings and log)
+_RANKED = (col(Evaluation.id).label("id"), col(Evaluation.candidate_id).label("candidate_id"),
+           col(Evaluation.status).label("status"), col(Evaluation.correct).label("correct"),
+           col(Evaluation.speedup).label("speedup"), col(Evaluation.candidate_ms).label("candidate_ms"),
+           col(Evaluation.reference_ms).label("reference_ms"))
 _Row = TypeVar("_Row", Task, Candidate)
 
 
@@ -169,7 +174,10 @@ class Store:
         `task` is a task name (every task of that name) or a task id. Without a fingerprint
         filter, speedups measured on different machines compete; filter to compare fairly.
         """
-        query = (select(Task, Candidate.origin, Evaluation)
+        query = (select(*_RANKED, col(Task.id).label("task_id"), col(Task.name).label("task"),
+                        col(Task.suite).label("suite"), col(Candidate.origin).label("origin"),
+                        col(Evaluation.device).label("device"), col(Evaluation.fingerprint_id).label("fingerprint_id"),
+                        col(Evaluation.created_at).label("created_at"))
                  .join(Candidate, col(Candidate.task_id) == Task.id)
                  .join(Evaluation, col(Evaluation.candidate_id) == Candidate.id)
                  .order_by(col(Evaluation.id)))
@@ -183,18 +191,16 @@ class Store:
             query = query.where(Evaluation.fingerprint_id == fingerprint_id)
         with Session(self.engine) as s:
             rows = list(s.exec(query))
-        tasks = {e.candidate_id: t for t, _, e in rows}
-        origins = {e.candidate_id: origin for _, origin, e in rows}
         per_task: dict[int, list[ranking.Standing]] = {}
-        for st in ranking.standings(e for _, _, e in rows).values():
-            per_task.setdefault(tasks[st.candidate_id].id, []).append(st)
+        for st in ranking.standings(rows).values():
+            per_task.setdefault(st.first.task_id, []).append(st)
         out = []
-        for task_id, ranked in per_task.items():
+        for ranked in per_task.values():
             st = ranking.leader(ranked)
-            t, e = tasks[st.candidate_id], st.first  # the evaluation that found it (its strategy)
-            out.append({"task": t.name, "task_id": t.id, "suite": t.suite, "speedup": st.speedup,
+            e = st.first  # the evaluation that found it (its strategy, machine and date)
+            out.append({"task": e.task, "task_id": e.task_id, "suite": e.suite, "speedup": st.speedup,
                         "measurements": st.measurements, "candidate_id": st.candidate_id, "evaluation_id": e.id,
-                        "fingerprint_id": e.fingerprint_id, "device": e.device, "origin": origins[st.candidate_id],
+                        "fingerprint_id": e.fingerprint_id, "device": e.device, "origin": e.origin,
                         "candidate_ms": st.candidate_ms, "reference_ms": st.reference_ms,
                         "created_at": iso(e.created_at)})
         return sorted(out, key=lambda r: (r["task"], r["task_id"]))
@@ -228,12 +234,14 @@ class Store:
         """Per task id: evaluations in this run (evaluated; by status: counts), the candidates they
         measured, and its leading candidate by the median of its measurements in this run
         (best_speedup, best_candidate_id, best_measurements)."""
-        query = (select(Candidate.task_id, Evaluation).join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
+        query = (select(*_RANKED, col(Candidate.task_id).label("task_id"))
+                 .join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
                  .where(Evaluation.run_id == run_id).order_by(col(Evaluation.id)))
         out: dict[int, dict[str, Any]] = {}
-        evals: dict[int, list[Evaluation]] = {}
+        evals: dict[int, list[Any]] = {}
         with Session(self.engine) as s:
-            for task_id, e in s.exec(query):
+            for e in s.exec(query):
+                task_id = e.task_id
                 p = out.setdefault(task_id, {"evaluated": 0, "candidates": 0, "counts": {}, "best_speedup": None,
                                              "best_candidate_id": None, "best_measurements": 0})
                 p["evaluated"] += 1
