@@ -78,7 +78,8 @@ def optimize_cmd(
         run_id = store.start_run("optimize", {
             "suite": suite if suite or task else "cpu", "tasks": [str(t.path) for t in tasks] if task else [],
             "strategy": strategy, "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed,
-            "confirm": confirm, "model": llm_cfg.model if llm_cfg else None, "base_url": llm_cfg.base_url if llm_cfg else None,
+            "confirm": confirm, "model": llm_cfg.model if llm_cfg else None,
+            "base_url": llm_cfg.base_url if llm_cfg else None,
             "api_key_env": api_key_env, "concurrency": concurrency, "device": device}, device)
     else:
         run_id = resume

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import statistics
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,6 +14,7 @@ from rich.table import Table
 
 from agent.app import DbOpt, JsonOpt, app, console
 from agent.runtime import UserError, cli_errors, open_store, options
+from store import ranking
 
 PROMPT_CHARS = 3000  # of a prompt shown on the terminal; --json has it all
 
@@ -67,7 +67,8 @@ def best_cmd(task: Optional[str] = typer.Option(None, "--task", help="Only this 
         table.add_column(name, no_wrap=True, min_width=width,  # ids are for copying: never cut
                          justify="right" if name in ("speedup", "measured") else "left")
     for r in rows:
-        table.add_row(escape(r["task"]), _x(r["speedup"]), str(r["measurements"]), r["candidate_id"], r["device"] or "-",
+        table.add_row(escape(r["task"]), _x(r["speedup"]), str(r["measurements"]), r["candidate_id"],
+                      r["device"] or "-",
                       r["fingerprint_id"] or "-", escape(r["strategy"] or "-"), (r["created_at"] or "")[:10])
     console.print(table)
 
@@ -96,10 +97,10 @@ def show_cmd(candidate: str = typer.Argument(..., help="Candidate id (or a uniqu
     console.print(Syntax(cand["source"], "python", line_numbers=True, word_wrap=True))
     for e in evaluations:
         _print_evaluation(e)
-    timed = [e["speedup"] for e in evaluations if e["correct"] and e["speedup"] is not None]
-    if len(timed) > 1:
-        console.print(f"speedup {_x(statistics.median(timed))}: the median of its {len(timed)} correct measurements "
-                      "(the leaderboard ranks by it)")
+    standing = ranking.standings(evaluations).get(cand["id"])
+    if standing and standing.measurements > 1:
+        console.print(f"speedup {_x(standing.speedup)}: the median of its {standing.measurements} correct "
+                      "measurements (the leaderboard ranks by it)")
     chain = [f"{c['id']} ({c['origin']}, {c['status'] or 'not evaluated'}, {_x(c['speedup'])})" for c in lineage]
     root = lineage[-1]
     root_calls = calls if root["id"] == cand["id"] else store.llm_calls(candidate_id=root["id"])

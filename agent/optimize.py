@@ -70,19 +70,20 @@ class Optimizer:
         self.reserved = 0.0
         self.api_failures = 0
         self.errors: list[BaseException] = []
-        self.runs = [self._restore(t) for t in tasks]
+        progress = store.run_progress(run_id)  # once for all tasks: a resumed run's evaluations
+        self.runs = [self._restore(t, progress) for t in tasks]
         if cfg.strategy not in strategies.STRATEGIES:
             raise ValueError(f"unknown strategy {cfg.strategy!r} (known: {', '.join(strategies.STRATEGIES)})")
 
     # --- state from the store -----------------------------------------------------------
-    def _restore(self, task: Task) -> _TaskRun:
+    def _restore(self, task: Task, progress: dict[int, dict[str, Any]]) -> _TaskRun:
         tid = self.store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
         tr = _TaskRun(task, tid)
         for h in self.store.task_history(tid, self.run_id):
             tr.members.append(_member(h))
             self._note_best(tr, h["evaluation"])
         # every evaluation beyond one per candidate was a re-measurement
-        tr.confirms = self.store.run_progress(self.run_id).get(tid, {}).get("evaluated", 0) - tr.evaluated
+        tr.confirms = progress.get(tid, {}).get("evaluated", 0) - tr.evaluated
         if self.llm is None:
             history = self.store.task_history(tid)
             for path in task.seed_paths():
@@ -144,7 +145,7 @@ class Optimizer:
         noisy single measurements is biased low; see store/ranking.py)."""
         if tr.inflight or tr.confirms >= self.cfg.confirm:
             return None
-        p = self.store.run_progress(self.run_id).get(tr.task_id, {})
+        p = self.store.run_progress(self.run_id, tr.task_id).get(tr.task_id, {})
         if p.get("best_candidate_id") is None or p["best_measurements"] >= 2:
             tr.confirms = self.cfg.confirm  # confirmed, or nothing to confirm: this task is done
             return None

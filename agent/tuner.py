@@ -42,16 +42,7 @@ def random_search(space: KnobSpace, start: Config, rng: random.Random) -> Search
 
 def _neighbours(space: KnobSpace, c: Config) -> list[Config]:
     """Configurations one step away: one knob moved to an adjacent value (values are ordered)."""
-    out = []
-    for name in space.names:
-        values = list(space.values(name))
-        i = values.index(c[name]) if c[name] in values else 0
-        for j in (i - 1, i + 1):
-            if 0 <= j < len(values):
-                n = {**c, name: values[j]}
-                if space.is_valid(n):
-                    out.append(n)
-    return out
+    return [n for name in space.names for d in (-1, 1) if (n := _step(space, c, name, d)) is not None]
 
 
 def local_search(space: KnobSpace, start: Config, rng: random.Random) -> Search:
@@ -76,6 +67,7 @@ def local_search(space: KnobSpace, start: Config, rng: random.Random) -> Search:
 
 
 def _step(space: KnobSpace, c: Config, name: str, d: int) -> Config | None:
+    """`c` with knob `name` moved d places along its values, if that is a valid configuration."""
     values = list(space.values(name))
     j = (values.index(c[name]) if c[name] in values else 0) + d
     if not 0 <= j < len(values):
@@ -145,7 +137,8 @@ def evolutionary(space: KnobSpace, start: Config, rng: random.Random, population
 
 
 STRATEGIES: dict[str, Callable[..., Search]] = {
-    "local": local_search, "pattern": pattern_search, "random": random_search, "exhaustive": exhaustive, "evolutionary": evolutionary,
+    "local": local_search, "pattern": pattern_search, "random": random_search, "exhaustive": exhaustive,
+    "evolutionary": evolutionary,
 }
 
 

@@ -110,7 +110,8 @@ class Evaluator:
                            fill: bool = False) -> tuple[Timing, Timing | None, str]:
         """Eager (and on GPUs torch.compile) reference timings, cached by the session; call with
         the device held exclusively. A failed torch.compile leaves a note, not a failure."""
-        params, max_age, n = self._timing_params(task), self.cfg.timing.reference_max_age_s, self.cfg.timing.reference_windows
+        params, t = self._timing_params(task), self.cfg.timing
+        max_age, n = t.reference_max_age_s, t.reference_windows
         eager, compiled, note = ref.timing(params, None, self._init_seed(task), max_age, n, fill), None, ""
         if self.cfg.device == "cuda" and self.cfg.compare_compile and task.meta.compile_reference:
             try:

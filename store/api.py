@@ -230,27 +230,28 @@ class Store:
         with Session(self.engine) as s:
             return [{**candidate_dict(c, ""), "evaluation": evaluation_dict(e)} for c, e in s.exec(query)]
 
-    def run_progress(self, run_id: int) -> dict[int, dict[str, Any]]:
+    def run_progress(self, run_id: int, task_id: int | None = None) -> dict[int, dict[str, Any]]:
         """Per task id: evaluations in this run (evaluated; by status: counts), the candidates they
         measured, and its leading candidate by the median of its measurements in this run
         (best_speedup, best_candidate_id, best_measurements)."""
         query = (select(*_RANKED, col(Candidate.task_id).label("task_id"))
                  .join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
                  .where(Evaluation.run_id == run_id).order_by(col(Evaluation.id)))
+        if task_id is not None:
+            query = query.where(Candidate.task_id == task_id)
         out: dict[int, dict[str, Any]] = {}
         evals: dict[int, list[Any]] = {}
         with Session(self.engine) as s:
             for e in s.exec(query):
-                task_id = e.task_id
-                p = out.setdefault(task_id, {"evaluated": 0, "candidates": 0, "counts": {}, "best_speedup": None,
+                p = out.setdefault(e.task_id, {"evaluated": 0, "candidates": 0, "counts": {}, "best_speedup": None,
                                              "best_candidate_id": None, "best_measurements": 0})
                 p["evaluated"] += 1
                 p["counts"][e.status] = p["counts"].get(e.status, 0) + 1
-                evals.setdefault(task_id, []).append(e)
-        for task_id, es in evals.items():
-            out[task_id]["candidates"] = len({e.candidate_id for e in es})
+                evals.setdefault(e.task_id, []).append(e)
+        for tid, es in evals.items():
+            out[tid]["candidates"] = len({e.candidate_id for e in es})
             if (st := ranking.leader(ranking.standings(es).values())) is not None:
-                out[task_id].update(best_speedup=st.speedup, best_candidate_id=st.candidate_id,
+                out[tid].update(best_speedup=st.speedup, best_candidate_id=st.candidate_id,
                                     best_measurements=st.measurements)
         return out
 
