@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, read_candidate, tasks_app
+from agent.display import coverage_line
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
 
@@ -52,6 +53,8 @@ def _print_verdict(v: dict, db: str) -> None:
     if trials:
         worst = max((e["max_abs"] for t in trials for e in t["errors"]), default=0.0)
         console.print(f"trials  {sum(t['ok'] for t in trials)}/{len(trials)} passed, max abs error {worst:.3g}")
+    if v.get("coverage") is not None:
+        console.print(coverage_line(v["coverage"], v.get("attribution")))
     for flag in v["flags"]:
         console.print(f"[yellow]flag[/yellow]    {flag}")
     console.print(f"candidate {v['candidate_id']}  (stored in {db})")

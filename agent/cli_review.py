@@ -13,6 +13,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from agent.app import DbOpt, JsonOpt, app, console
+from agent.display import coverage_line
 from agent.runtime import UserError, cli_errors, open_store, options
 from store import ranking
 
@@ -137,6 +138,8 @@ def _print_evaluation(e: dict[str, Any]) -> None:
                           f"{max(x.get('max_rel', 0.0) for x in errs):.3g}",
                           f"{max(x.get('mismatch_frac', 0.0) for x in errs):.3g}", escape(t.get("note") or ""))
         console.print(table)
+    if e.get("coverage") is not None:
+        console.print("  " + coverage_line(e["coverage"], e.get("attribution")))
     for flag in e["flags"]:
         console.print(f"  [yellow]flag[/yellow] {escape(flag)}")
     if e["reward"] is not None:

@@ -54,3 +54,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
                   task["best_candidate_id"] or "-",
                   str(task["evaluated"]), counts + (f" ({task['note']})" if task.get("note") else ""))
     return t
+
+
+def coverage_line(share: float, attribution: dict | None) -> str:
+    """`coverage 91% in the candidate's own code (sampled: own 80%, kernel 9%, ...)`."""
+    cats = (attribution or {}).get("categories", {})
+    total = max(1, sum(cats.values()))
+    where = ", ".join(f"{k} {100 * n / total:.0f}%" for k, n in sorted(cats.items(), key=lambda kv: -kv[1]) if n)
+    return f"coverage {share:.0%} in the candidate's own code (sampled: {where})"

@@ -12,6 +12,8 @@ import dataclasses
 import re
 from typing import Sequence
 
+from evaluator import static
+
 
 @dataclasses.dataclass(frozen=True)
 class Exemplar:
@@ -93,6 +95,16 @@ e.g. `BLOCK = 128` and `KNOBS = {"BLOCK": [32, 64, 128]}` (optionally \
 (`defines={"BLOCK": BLOCK}`) or Triton constexprs. kernelwright's tuner searches these values, so \
 expose the choices you are unsure of instead of guessing one."""
 
+def _import_rule() -> str:
+    """The imports rule, worded from the static screen's own allowlist (they cannot disagree)."""
+    kernelwright = [f"`from {m.rpartition('.')[0]} import {m.rpartition('.')[2]}` (only "
+                    + ", ".join(f"{m.rpartition('.')[2]}.{n}" for n in names) + ")"
+                    for m, names in static.ALLOWED_KERNELWRIGHT.items()]
+    return (f"Imports: {', '.join([*static.ALLOWED_IMPORTS, *kernelwright])} "
+            f"(and {', '.join(static.ALLOWED_GPU_IMPORTS)} on GPUs); nothing else of kernelwright; "
+            f"{', '.join(static.PROMPT_BANNED)}, eval and exec are banned.")
+
+
 RULES_COMMON = (
     "forward runs only your kernels: no PyTorch ops that compute (matmul, F.*, softmax, sum, torch.compile ...); "
     "only allocation and views (torch.empty_like, .view, .contiguous) are allowed.",
@@ -117,8 +129,7 @@ RULES_COMMON = (
     "Do not patch, wrap or replace anything in torch, time or other modules, and do not inspect the "
     "harness (gc, inspect, frames, globals, reading memory you were not given).",
     "No files, environment variables, network, printing of results, or exiting the process.",
-    "Imports: torch, math, `from sandbox import fastpath` (and triton on GPUs); "
-    "ctypes, os, sys, importlib, eval and exec are banned.",
+    _import_rule(),
 )
 RULES_CUDA = (
     "All GPU work runs on the current stream and finishes with the call: create no other CUDA streams "

@@ -31,7 +31,7 @@ from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
 from tasks.spec import load_task  # noqa: E402
 from tests.data.candidates import FAST, slow  # noqa: E402
 
-TIMING = TimingConfig(warmup=2, min_iters=5, max_iters=20, target_s=0.05)
+TIMING = TimingConfig(warmup=2, min_iters=5, target_s=0.05, round_ms=5.0, min_rounds=3)
 
 
 def measure(make, task, source: str, n: int, gap: float) -> tuple[list[float], list[tuple[float, float]]]:

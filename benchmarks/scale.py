@@ -41,7 +41,7 @@ def measure(workers: int, task_names: list[str] | None, budget: int, fast: bool)
         if fast:
             from evaluator.cascade import TimingConfig
 
-            timing = TimingConfig(warmup=2, min_iters=5, max_iters=20, target_s=0.05)
+            timing = TimingConfig(warmup=2, min_iters=5, target_s=0.05, round_ms=5.0, min_rounds=3)
         opts = Options(db=db, device="cpu", timeout_s=120, cache_dir=Path(tmp) / "cache", workdir=Path(tmp) / "work",
                        memory_bytes=4 << 30, threads=1, isolate=True)
         cfg = batch.BatchConfig(run_id=run, options=opts, optimize=OptimizeConfig(budget=budget, tuner="local"),

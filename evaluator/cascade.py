@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import random
 import secrets
 import threading
 import time
@@ -17,11 +16,11 @@ from typing import Any, Iterator
 
 import torch
 
-from evaluator import fingerprint, rules, static, timing_checks
+from evaluator import coverage, fingerprint, rounds, rules, static, timing_checks
 from evaluator.compare import Tolerance, compare, degenerate
 from evaluator.devicelock import DeviceLock
 from evaluator.inputs import TRANSFORMS, derive_seed, make_inputs
-from evaluator.reference import ReferenceFailed, ReferenceSession, decode_outputs, encode_args, timing_from_meta
+from evaluator.reference import ReferenceFailed, ReferenceSession, decode_outputs, encode_args, timing_from_rounds
 from evaluator.verdict import Status, Timing, Trial, Verdict
 from sandbox import ptxas
 from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
@@ -33,10 +32,12 @@ from tasks.spec import Task
 class TimingConfig:
     warmup: int = 3
     min_iters: int = 20
-    max_iters: int = 200
+    max_iters: int = 20000  # calls in all (small kernels run hundreds per round)
     target_s: float = 0.5  # wall-clock seconds of the timed loop, fresh inputs included
     early_iters: int = 5  # a candidate slower than `slow_ms` after this many calls stops early
-    checksum_checks: int = 2  # timed iterations re-checked against the reference, besides the last
+    round_ms: float = 10.0  # a timing round lasts about this long (evaluator/rounds.py)
+    min_rounds: int = 5
+    max_rounds: int = 200
     reference_max_age_s: float = 120.0  # re-time the reference after this: load and clocks drift
     reference_windows: int = 3  # the reference's figure pools this many recent windows (reference.py)
 
@@ -142,8 +143,10 @@ class Evaluator:
     def _timing_params(self, task: Task) -> dict[str, Any]:
         t = self.cfg.timing
         return {"seed": derive_seed(self.seed, task.source_hash, "timing"), "warmup": t.warmup,
+                "sign_seed": derive_seed(self.seed, task.source_hash, "signs") % (2**40),
                 "min_iters": t.min_iters, "max_iters": t.max_iters, "target_s": t.target_s,
-                "early_iters": t.early_iters}
+                "early_iters": t.early_iters, "round_ms": t.round_ms, "min_rounds": t.min_rounds,
+                "max_rounds": t.max_rounds}
 
     def close(self) -> None:
         for ref in self._refs.values():
@@ -181,6 +184,9 @@ class Evaluator:
         finally:
             log = worker.log_tail()
             worker.close()
+        refused = next((b.screen for b in worker.builds if b.screen), "")
+        if refused:  # a library the binary screen refused: rejected, whatever the candidate did next
+            status, reason = Status.REJECTED, refused
         stages.update(run.stages)
         stages["total"] = time.monotonic() - t0
         flags = [f"sandbox: {n}" for n in [*self.sandbox.notes, *worker.notes]] + self._task_flags.get(task.source_hash, []) + run.flags
@@ -189,7 +195,8 @@ class Evaluator:
                        candidate=run.timing if status is Status.OK else None,
                        reference=run.ref_timing if status is Status.OK else None,
                        reference_compiled=run.compiled_timing if status is Status.OK else None,
-                       flags=tuple(flags), fingerprint=fp, stages=stages, log=(run.log + log)[-8000:])
+                       flags=tuple(flags), fingerprint=fp, stages=stages, log=(run.log + log)[-8000:],
+                       coverage=run.coverage)
 
 
 class _CandidateRun:
@@ -209,6 +216,8 @@ class _CandidateRun:
         self.timing: Timing | None = None
         self.ref_timing: Timing | None = None
         self.compiled_timing: Timing | None = None
+        self.rounds = rounds.Rounds()
+        self.coverage: coverage.Coverage | None = None
         self._variant: Any = "unset"
 
     def call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
@@ -229,17 +238,19 @@ class _CandidateRun:
         with self.ev.timing_phase():
             self.stages["timing_wait"] = time.monotonic() - t
             t = time.monotonic()
-            meta, out, params = self.time(slow_ms)
+            params = self.time(slow_ms)
             self.stages["timing"] = time.monotonic() - t
         with lock.shared():
-            self.validate_timed(meta, out, params)
+            self.validate_timed(params)
             self.final_check(first)
+        # last: a kernel that is wrong is incorrect before it is anything else
+        self._reject(coverage.check(self.coverage, self.ev.cfg.policy.min_coverage))
 
     def load(self) -> None:
         _, hello, _ = self.w.receive(self.deadline)
         self.w.notes = [str(n) for n in hello.get("notes", [])][:10]
         try:
-            self.call("load", {"candidate": True, "input_devices": list(self.task.meta.input_devices)})
+            _, loaded, _ = self.call("load", {"candidate": True, "input_devices": list(self.task.meta.input_devices)})
         except WorkerError as e:
             failed = [b for b in self.w.builds if not b.ok]
             if failed or e.error_class == "compile_error":
@@ -249,6 +260,8 @@ class _CandidateRun:
             raise
         if any(not b.ok for b in self.w.builds):
             self.flags.append("a kernel build failed, yet the candidate loaded")
+        if loaded.get("seccomp") != "on":  # sandbox/seccomp.py, applied in the worker after the import
+            self.flags.append(f"sandbox: no seccomp filter ({str(loaded.get('seccomp', 'not reported'))[:200]})")
 
     def init(self, variant: dict | None) -> None:
         key = repr(variant)
@@ -305,65 +318,104 @@ class _CandidateRun:
             outs = list(wants.values())
             self.ev._task_flags[key] = degenerate(outs[0], outs[1], self.tol) if len(outs) > 1 else []
 
-    def time(self, slow_ms: float | None) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
+    def time(self, slow_ms: float | None) -> dict[str, Any]:
         params = self.ev._timing_params(self.task)
         self.ref_timing, self.compiled_timing, note = self.ev._reference_timings(self.task, self.ref)
         self.flags += [note] if note else []
+        overhead = rounds.Overhead(self.ref_timing.round_overhead_ms, self.ref_timing.overhead_ms)
         self.init(None)
-        self.call("cores", {"timing": True})  # onto the timing cores for the loop and the spot check
+        self.call("cores", {"timing": True})  # onto the timing cores for the rounds
+        params = self._timed_rounds(params, overhead, slow_ms)
+        if self.device == "cpu":
+            self._attribute(params)
+        self.call("cores", {"timing": False})
+        return params
+
+    def _attribute(self, params: dict[str, Any]) -> None:
+        """Coverage: the worker's threads sampled from outside through one more round of the same
+        calls (evaluator/coverage.py); the strict policy's rule on it comes after the checks."""
+        watch = coverage.Watch(self.w.proc)
+        try:
+            if watch.unavailable:
+                self.flags.append(f"coverage unavailable: {watch.unavailable}")
+                return
+            r = self.rounds
+            rounds.sampled_round(self.call, params, r.last_index + 1, self.timing.median_ms, r.bytes_per_call,
+                                 watch.window)
+            torch_ext = str(self.ev.sandbox.cfg.cache_dir / "torch_ext") + "/"  # load_inline's builds
+            self.coverage = watch.result([b.path for b in self.w.builds if b.ok and b.path], own_prefix=torch_ext)
+        finally:
+            watch.close()
+
+    def _timed_rounds(self, params: dict[str, Any], overhead: rounds.Overhead, slow_ms: float | None) -> dict[str, Any]:
         for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
-            t0, cpu0 = time.perf_counter(), self.w.proc_cpu_seconds()
-            _, meta, out = self.call("time", {**params, "slow_ms": slow_ms})
-            wall_s = time.perf_counter() - t0
-            cpu1 = self.w.proc_cpu_seconds()  # the worker's cgroup, which it cannot touch
-            self.timing = cand = timing_from_meta(meta, wall_s * 1e3)
-            if self.ev.timing_cpus and cpu0 is not None and cpu1 is not None:
-                self._reject(timing_checks.cores_escaped(cpu1 - cpu0, wall_s, len(self.ev.timing_cpus)))
-            if not cand.samples_ms:
-                raise _Fail(Status.RUNTIME_ERROR, "the timing loop returned no samples")
-            skipped = timing_checks.batch_and_skip(cand)
+            self.go_cpu = [0.0, 0.0, True]  # CPU and wall seconds inside the rounds; measurable
+            try:
+                r = rounds.measure(self.call, params, overhead, slow_ms, self._round_window)
+            except (KeyError, TypeError, ValueError) as e:
+                raise WorkerDied(f"protocol violation in a timing round: {e}") from None
+            self.rounds, self.timing = r, timing_from_rounds(r, overhead)
+            cpu_s, wall_s, measured = self.go_cpu
+            if self.ev.timing_cpus and measured:
+                self._reject(timing_checks.cores_escaped(cpu_s, wall_s, len(self.ev.timing_cpus)))
+            if not r.per_call_ms:
+                raise _Fail(Status.RUNTIME_ERROR, "the timing rounds returned no samples")
+            skipped = timing_checks.batch_and_skip(r.claimed)
             if skipped is None:
                 break
             if attempt == 2:
                 self._reject(skipped)
+        cand = self.timing
         if self.device == "cuda":
-            self._reject(timing_checks.hidden_stream_work(meta, cand))
-        self.spot_ms, mismatch = timing_checks.spot_check(self.call, cand, params["seed"])
-        self._reject(mismatch)
-        self.call("cores", {"timing": False})
+            self._reject(timing_checks.hidden_stream_work(r.synced, r.claimed))
+        self._reject(timing_checks.clock_mismatch(cand))
         speedup = self.ref_timing.median_ms / cand.median_ms if cand.median_ms > 0 else float("inf")
         if speedup > self.ev.cfg.policy.suspicious_speedup:
             self.flags.append(f"suspicious_speedup: {speedup:.1f}x is above {self.ev.cfg.policy.suspicious_speedup:g}x; "
                               "confirm with a second measurement before trusting it")
         if cand.early_exit:
-            self.flags.append(f"early_exit: stopped after {len(cand.samples_ms)} calls, clearly slower than the best")
-        return meta, out, params
+            self.flags.append(f"early_exit: stopped after {sum(cand.calls)} calls, clearly slower than the best")
+        return params
+
+    @contextlib.contextmanager
+    def _round_window(self) -> Iterator[None]:
+        """Around each timed round: the worker's cgroup CPU time (which it cannot touch) against
+        the supervisor's clock."""
+        t0, cpu0 = time.perf_counter(), self.w.proc_cpu_seconds()
+        yield
+        cpu1 = self.w.proc_cpu_seconds()
+        if cpu0 is None or cpu1 is None:
+            self.go_cpu[2] = False
+        else:
+            self.go_cpu[0] += cpu1 - cpu0
+        self.go_cpu[1] += time.perf_counter() - t0
 
     @staticmethod
     def _reject(reason: str | None) -> None:
         if reason:
             raise _Fail(Status.REJECTED, reason)
 
-    def validate_timed(self, meta: dict[str, Any], out: list[Any], params: dict[str, Any]) -> None:
-        """Outputs produced during timing must be right: the last in full, others by checksum."""
-        last = int(meta.get("last_index", -1))
+    def validate_timed(self, params: dict[str, Any]) -> None:
+        """Outputs produced during timing must be right: the last in full, every one by checksum."""
+        r = self.rounds
+        _, meta, out = self.call("last", {})
         try:
             got = unpack_tree(meta["tree"], out)
         except (ProtocolError, KeyError):
-            raise _Fail(Status.INCORRECT, "post-timing: no usable output from the timing loop") from None
-        want = self.ref.seeded(params["seed"], last, None, self.init_seed)
+            raise _Fail(Status.INCORRECT, "post-timing: no usable output from the timing rounds") from None
+        want = self.ref.seeded(params["seed"], r.last_index, None, self.init_seed)
         ok, errors, note = compare(got, want, self.tol)
         self.trials.append(Trial("timed/last", ok, tuple(errors), note))
         if not ok:
             raise _Fail(Status.INCORRECT, f"post-timing: the last timed output is wrong ({note})")
-        sums = meta.get("checksums", [])
-        rng = random.Random(derive_seed(self.ev.seed, "checksums", self.task.source_hash))
-        picks = rng.sample(range(max(0, len(sums) - 1)), min(self.ev.cfg.timing.checksum_checks, max(0, len(sums) - 1)))
-        for i in picks:
-            want_i = self.ref.seeded(params["seed"], i, None, self.init_seed)
-            if not timing_checks.checksums_match(sums[i], want_i, self.tol):
-                self.trials.append(Trial(f"timed/{i}", False, (), "checksum differs from the reference"))
-                raise _Fail(Status.INCORRECT, f"post-timing: the output of timed call {i} does not match the reference")
+        indices = list(range(r.last_index + 1))
+        wants = self.ref.sums(params["seed"], params["sign_seed"], indices, self.init_seed)
+        bad = [i for i in indices if not timing_checks.checksums_match(r.sums.get(i), wants[i], self.tol)]
+        self.trials.append(Trial("timed/checksums", not bad, (), f"{len(indices) - len(bad)} of {len(indices)} "
+                                 "timed outputs match the reference's checksums"))
+        if bad:
+            raise _Fail(Status.INCORRECT, f"post-timing: the outputs of {len(bad)} of {len(indices)} timed calls "
+                        f"do not match the reference (first: call {bad[0]})")
 
     def final_check(self, first: tuple[list[Any], Any]) -> None:
         """New inputs after timing: a kernel that is right first and wrong later is caught here."""

@@ -51,19 +51,74 @@ def native_threads() -> int:
         return threading.active_count()
 
 
-def checksum(value: Any) -> list[list[float]]:
-    """Sum and sum of magnitudes per output tensor: cheap, yet a stale or skipped output shows."""
-    out: list[Any] = []
-    pack_tree(value, out)
-    sums = []
-    for t in out:
-        t = t.detach()
-        if not t.is_floating_point():
-            t = t.double() if not t.is_complex() else t.abs()
-        elif t.element_size() < 4:
-            t = t.float()
-        sums.append([float(t.sum()), float(t.abs().sum())] if t.numel() else [0.0, 0.0])
-    return sums
+class Signs:
+    """Secret random signs, one per output element (seeded by the supervisor, cached per shape):
+    a signed sum of an output moves by about the size of any change to it, while honest
+    rounding differences, small and unrelated to the signs, mostly cancel."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def for_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.numel(), t.dtype, t.device)
+        if key not in self._cache:
+            gen = torch.Generator(device="cpu").manual_seed(self.seed + t.numel())
+            bits = torch.randint(0, 2, (t.numel(),), generator=gen, dtype=torch.int8)
+            self._cache[key] = (bits.to(t.dtype) * 2 - 1).to(t.device)
+        return self._cache[key]
+
+
+def _flat(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach()
+    if t.is_complex():
+        t = t.abs()
+    if not t.is_floating_point():
+        t = t.double()
+    elif t.element_size() < 4:
+        t = t.float()
+    return t.reshape(-1)
+
+
+class Checksums:
+    """Per call's output, per output tensor: its signed sum, sum of squares, element count and
+    dtype. Two read-only passes (dot products, as fast as a plain sum) right after each call,
+    while the output is in cache; the figures stay tensors until `values()`, so a call costs
+    two tensor ops and no conversions. A stale, skipped or partial output shows."""
+
+    def __init__(self, signs: Signs):
+        self.signs = signs
+        self.rows: list[list[tuple[Any, Any, int, str]]] = []
+
+    def add(self, value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensors = [value]
+        else:
+            tensors = []
+            pack_tree(value, tensors)
+        row = []
+        for t in tensors:
+            f = _flat(t)
+            dtype = str(t.dtype).removeprefix("torch.")
+            n = f.numel()
+            row.append((torch.dot(f, self.signs.for_tensor(f)), torch.dot(f, f), n, dtype) if n else (0.0, 0.0, 0, dtype))
+        self.rows.append(row)
+
+    def values(self) -> list[list[list[Any]]]:
+        figures = [x for row in self.rows for a, b, n, _ in row if n for x in (a, b)]
+        it = iter(torch.stack(figures).tolist() if figures else [])
+        return [[[next(it), next(it), n, d] if n else [0.0, 0.0, 0, d] for _, _, n, d in row] for row in self.rows]
+
+
+def checksums(values: list[Any], signs: Signs) -> list[list[list[Any]]]:
+    c = Checksums(signs)
+    for v in values:
+        c.add(v)
+    return c.values()
+
+
+def checksum(value: Any, signs: Signs) -> list[list[Any]]:
+    return checksums([value], signs)[0]
 
 
 class CudaTimer:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import hashlib
 import os
 import threading
@@ -19,9 +20,10 @@ from typing import Any
 import torch
 
 from evaluator import inputs as inputs_mod
-from evaluator.instruments import (CountingModule, CudaTimer, OpRecorder, aliases, checksum, guarded,
-                                   native_threads)
+from evaluator.instruments import (Checksums, CountingModule, CudaTimer, OpRecorder, Signs, aliases, checksums,
+                                   guarded, native_threads)
 from sandbox import cpus, fastpath
+from sandbox import seccomp as sandbox_seccomp
 from sandbox.compiler import CompileSpec
 from sandbox.protocol import pack_tree
 from sandbox.worker import CompileFailure
@@ -94,8 +96,11 @@ class Probe:
             self._count_triton_launches()
             module = import_file(Path("candidate.py").resolve(), "kw_candidate")
             self.cls = getattr(module, "ModelNew")
-        else:
-            self.cls = self.task.Model
+            # sandbox/seccomp.py, once the candidate's builds and imports are done (CPU only: the
+            # CUDA driver maps executable memory and forks helpers at any time)
+            seccomp = sandbox_seccomp.lock_down() if self.device.type == "cpu" else "not applied: cuda"
+            return "loaded", {"device": self._device_info(), "seccomp": seccomp}, []
+        self.cls = self.task.Model
         return "loaded", {"device": self._device_info()}, []
 
     def _patch_cpp_extension(self, compile_only: str | None = None) -> None:
@@ -247,20 +252,6 @@ class Probe:
         inputs_after: list[Any] = [a for a in args if isinstance(a, torch.Tensor)] if checks else []
         return "outputs", {"tree": tree, "report": report, "n_outputs": len(snap)}, snap + inputs_after
 
-    # --- spot checks: single calls the supervisor times with its own clock ---------------
-    def do_prepare(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
-        self.prepared = self._timed_inputs(int(meta["seed"]), int(meta["index"]), meta.get("variant"))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-        return "prepared", {}, []
-
-    def do_call(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
-        with torch.no_grad():
-            self.model(*self.prepared)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-        return "called", {}, []
-
     def do_ping(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
         return "pong", {}, []
 
@@ -276,49 +267,68 @@ class Probe:
             cpus.pin_all_threads(self.timing_cpus if meta.get("timing") else self.rest_cpus)
         return "cores", {}, []
 
-    def do_time(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
-        """Warm-up, then timed calls on fresh inputs until min_iters are done and the loop has
-        run target_s of wall-clock time (input preparation included: on a CPU, drawing fresh
-        inputs can cost more than the kernel), or max_iters."""
-        seed, variant = int(meta["seed"]), meta.get("variant")
-        warmup, min_iters, max_iters = int(meta["warmup"]), int(meta["min_iters"]), int(meta["max_iters"])
-        target_ns, slow_ms = float(meta["target_s"]) * 1e9, meta.get("slow_ms")
-        early_iters = int(meta.get("early_iters", 5))
-        cuda = self.device.type == "cuda"
-        timer = CudaTimer(self.device) if cuda else None
+    def do_stage(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        """Inputs of timed calls first .. first+calls-1, made now (untimed) for the next round."""
+        seed, first, calls = int(meta["seed"]), int(meta["first"]), int(meta["calls"])
+        self.staged = []  # the last round's inputs go first
+        self.staged = [self._timed_inputs(seed, first + j, meta.get("variant")) for j in range(calls)]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        per_call = sum(a.numel() * a.element_size() for a in self.staged[0] if isinstance(a, torch.Tensor)) if calls else 0
+        return "staged", {"bytes_per_call": per_call}, []
+
+    def do_go(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        """One timing round: the staged calls back to back, each output checksummed at once
+        (the sampler's round, evaluator/coverage.py, goes without checksums).
+        The supervisor times this request from its send to this reply (evaluator/rounds.py);
+        the per-call times measured here are claims it only cross-checks. On a GPU each call
+        is timed by events after an L2 flush, and again after a device-wide synchronize."""
         model = self.model
         if meta.get("compiled"):  # the reference under torch.compile (reference worker only)
             if self.compiled is None:
                 self.compiled = torch.compile(self.model)
             model = self.compiled
-        samples, synced, sums, warm = [], [], [], []
-        out, i, early, began = None, -warmup, False, 0
-        while True:
-            if i == 0:
-                began = _clock_ns()
-            args = self._timed_inputs(seed, i, variant)
-            with torch.no_grad():
+        timer = self.timer if self.device.type == "cuda" else None
+        claims, synced, out = [], [], None
+        sums, check = Checksums(self._signs(meta)), meta.get("checksums", True)
+        began = _clock_ns()
+        with torch.no_grad():
+            for args in self.staged:
                 if timer:
                     ms, ms_synced, out = timer.time(model, args)
                 else:
                     t0 = _clock_ns()
                     out = model(*args)
                     ms = ms_synced = (_clock_ns() - t0) / 1e6
-            if i < 0:
-                warm.append(ms)
-            else:
-                samples.append(ms)
+                claims.append(ms)
                 synced.append(ms_synced)
-                sums.append(checksum(out))
-            i += 1
-            if i >= max_iters or (i >= min_iters and _clock_ns() - began >= target_ns):
-                break
-            if slow_ms is not None and i == early_iters and sorted(samples)[len(samples) // 2] > float(slow_ms):
-                early = True
-                break
+                if check:
+                    sums.add(out)
+        if self.staged and check:  # what do_last sends: the last checked output
+            self.last_out = out
+        return "went", {"claims_ms": claims, "synced_ms": synced, "checksums": sums.values(),
+                        "loop_ms": (_clock_ns() - began) / 1e6}, []  # loop_ms: a diagnostic claim
+
+    def do_last(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        """The last timed output in full, for the supervisor to compare (outside any round)."""
         sent: list[Any] = []
-        tree = pack_tree(out, sent)
-        return "timed", {"samples_ms": samples, "warmup_ms": warm, "synced_ms": synced, "checksums": sums,
-                         "last_index": i - 1, "tree": tree, "early_exit": early}, sent
+        tree = pack_tree(self.last_out, sent)
+        return "last", {"tree": tree}, sent
 
+    def do_sums(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+        """Checksums of timed calls by index (reference side: what the candidate's must match)."""
+        seed, sums, signs = int(meta["seed"]), [], self._signs(meta)
+        with torch.no_grad():
+            for i in meta["indices"]:
+                sums += checksums([self.model(*self._timed_inputs(seed, int(i), meta.get("variant")))], signs)
+        return "sums", {"checksums": sums}, []
 
+    def _signs(self, meta: dict[str, Any]) -> Signs:
+        seed = int(meta.get("sign_seed", 0))
+        if getattr(self, "signs", None) is None or self.signs.seed != seed:
+            self.signs = Signs(seed)
+        return self.signs
+
+    @functools.cached_property
+    def timer(self) -> CudaTimer:
+        return CudaTimer(self.device)

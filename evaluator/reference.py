@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+from evaluator import rounds
 from evaluator.verdict import Timing
 from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
 from sandbox.protocol import pack_tree, unpack_tree
@@ -39,6 +40,7 @@ class ReferenceSession:
         self._variant: Any = "unset"
         self._outputs: dict[Any, Any] = {}
         self._timing: dict[Any, list[tuple[float, Timing]]] = {}  # per params: (when, window), oldest first
+        self._sums: dict[int, Any] = {}  # timed call index -> checksums of the reference's output
         self._lock = threading.RLock()  # one conversation with the worker at a time
 
     def _call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
@@ -111,11 +113,32 @@ class ReferenceSession:
     def _time_window(self, params: dict[str, Any], variant: dict | None, init_seed: int) -> Timing:
         self._init(variant, init_seed)
         self._call("cores", {"timing": True})  # sandbox/cpus.py: a no-op without timing cores apart
-        t0 = time.perf_counter()
-        _, meta, _ = self._call("time", params)
-        timing = timing_from_meta(meta, (time.perf_counter() - t0) * 1e3)
+        deadline = time.monotonic() + self.timeout_s
+        assert self.worker is not None
+        worker = self.worker
+
+        def call(kind: str, meta: dict[str, Any]) -> tuple[str, dict, list]:
+            try:
+                return worker.call(kind, meta, deadline=deadline)
+            except (WorkerDied, WorkerTimeout, WorkerError) as e:
+                raise ReferenceFailed(f"the reference Model failed ({kind}): {e}") from None
+
+        r = rounds.measure(call, {**params, "variant": variant})
         self._call("cores", {"timing": False})
-        return timing
+        if params.get("variant") is None and not params.get("compiled"):
+            self._sums.update(r.sums)  # what every candidate's timed outputs must match
+        return timing_from_rounds(r)
+
+    def sums(self, seed: int, sign_seed: int, indices: list[int], init_seed: int) -> dict[int, Any]:
+        """Checksums of the reference's outputs for these timed calls (default shape), cached:
+        the timing seed of a task is the same for every candidate."""
+        with self._lock:
+            missing = [i for i in indices if i not in self._sums]
+            if missing:
+                self._init(None, init_seed)
+                _, meta, _ = self._call("sums", {"seed": seed, "sign_seed": sign_seed, "indices": missing})
+                self._sums.update(zip(missing, meta["checksums"]))
+            return {i: self._sums[i] for i in indices}
 
     def close(self) -> None:
         if self.worker is not None:
@@ -123,10 +146,9 @@ class ReferenceSession:
             self.worker = None
 
 
-def timing_from_meta(meta: dict[str, Any], wall_ms: float) -> Timing:
-    """Timing from a worker's raw samples and the supervisor's own clock around the phase."""
-    samples = [float(x) for x in meta["samples_ms"]]
-    warm = [float(x) for x in meta.get("warmup_ms", [])]
-    n = max(1, len(samples) + len(warm))
-    overhead = (wall_ms - sum(samples) - sum(warm)) / n
-    return Timing.from_samples(samples, wall_ms, bool(meta.get("early_exit")), overhead, warm)
+def timing_from_rounds(r: rounds.Rounds, overhead: rounds.Overhead | None = None) -> Timing:
+    """A side's Timing from its rounds: the reference's carries the overhead it measured."""
+    used = overhead or r.overhead
+    return Timing.from_samples(r.per_call_ms, r.phase_ms, r.early_exit, used.call_ms if used else 0.0,
+                               r.warmup_ms, claimed_ms=tuple(r.claims_ms),
+                               round_overhead_ms=used.round_ms if used else 0.0, calls=tuple(r.calls))

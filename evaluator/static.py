@@ -11,6 +11,15 @@ import ast
 import dataclasses
 import re
 
+# What candidate code may import, in one place (agent/prompts.py words its rule from these).
+# Of kernelwright itself only the fast path's public API: every other module of the harness, and
+# anything private or internal of the fast path (_launches, set_builder, launches), is off limits.
+KERNELWRIGHT_PACKAGES = ("agent", "benchmarks", "evaluator", "kernelwright", "sandbox", "scripts", "store",
+                         "tasks", "tests")
+ALLOWED_KERNELWRIGHT = {"sandbox.fastpath": ("compile", "CompileError", "Library")}
+ALLOWED_IMPORTS = ("torch", "math")  # what the prompt offers; other modules are judged by BANNED_MODULES
+ALLOWED_GPU_IMPORTS = ("triton",)
+PROMPT_BANNED = ("ctypes", "os", "sys", "importlib")  # named as banned in the prompt, with eval and exec
 BANNED_MODULES = {
     "threading": "threads", "_thread": "threads", "multiprocessing": "processes",
     "concurrent": "threads", "subprocess": "processes", "socket": "network", "signal": "signals",
@@ -20,13 +29,8 @@ BANNED_MODULES = {
     "http": "network", "numpy": "non-kernel compute", "scipy": "non-kernel compute",
     "numba": "non-kernel compute", "cupy": "non-kernel compute", "jax": "non-kernel compute",
     "tensorflow": "non-kernel compute", "builtins": "harness introspection",
-    "evaluator": "harness introspection", "tasks": "harness introspection", "store": "harness introspection",
-    "agent": "harness introspection", "sandbox.worker": "harness introspection",
-    "sandbox.protocol": "harness introspection", "sandbox.zygote": "harness introspection",
-    "sandbox.process": "harness introspection", "sandbox.compiler": "harness introspection",
-    "sandbox.docker": "harness introspection", "sandbox.container": "harness introspection",
-    "sandbox.image": "harness introspection", "sandbox.jail": "harness introspection",
-    "sandbox.limits": "harness introspection", "sandbox.env": "harness introspection",
+    "os": "the process, its files and environment", "sys": "interpreter internals (modules, frames, exit)",
+    "posix": "the process, its files and environment", "_ctypes": "raw memory access",
 }
 BANNED_NAMES = {"eval", "exec", "compile", "__import__", "globals", "vars", "locals", "breakpoint",
                 "open", "setattr", "delattr", "memoryview"}
@@ -100,10 +104,71 @@ def kernel_names(source: str) -> set[str]:
     return names
 
 
+_HARNESS = "kernelwright's harness: candidates get only " + ", ".join(
+    f"{m.rpartition('.')[2]}.{n}" for m, names in ALLOWED_KERNELWRIGHT.items() for n in names)
+
+
+def _kw_allowed(module: str, name: str | None = None) -> bool:
+    """Whether a kernelwright module (or package on the way to one), or a name in it, is allowed."""
+    if name is not None and module in ALLOWED_KERNELWRIGHT:
+        return name in ALLOWED_KERNELWRIGHT[module]  # (private names never are)
+    full = f"{module}.{name}" if name else module
+    return any(m == full or m.startswith(full + ".") for m in ALLOWED_KERNELWRIGHT)
+
+
+def _harness_api(tree: ast.Module) -> list[Finding]:
+    """Kernelwright imports are an allowlist; the modules bound by allowed imports may only be
+    used through their allowed attributes (never passed around, assigned or looked up by name)."""
+    found: list[Finding] = []
+    aliases: dict[str, str] = {}  # local name -> the kernelwright module or package it holds
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] not in KERNELWRIGHT_PACKAGES:
+                    continue
+                if not _kw_allowed(a.name):
+                    found.append(Finding("harness_api", f"imports {a.name} ({_HARNESS})", line))
+                else:  # `import sandbox.fastpath` binds the package, `... as fp` the module
+                    aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            mod = node.module or ""
+            if node.level or mod.split(".")[0] not in KERNELWRIGHT_PACKAGES:
+                continue
+            for a in node.names:
+                full = f"{mod}.{a.name}"
+                if _kw_allowed(full):  # an allowed module, or a package on the way to one
+                    aliases[a.asname or a.name] = full
+                elif not (mod in ALLOWED_KERNELWRIGHT and _kw_allowed(mod, a.name)):
+                    found.append(Finding("harness_api", f"imports {full} ({_HARNESS})", line))
+
+    def module_of(node: ast.AST) -> str | None:
+        if isinstance(node, ast.Name):
+            return aliases.get(node.id)
+        if isinstance(node, ast.Attribute):
+            base = module_of(node.value)
+            if base and base not in ALLOWED_KERNELWRIGHT and _kw_allowed(f"{base}.{node.attr}"):
+                return f"{base}.{node.attr}"
+        return None
+
+    used: set[int] = set()  # Name nodes that are the base of an attribute access
+    for node in ast.walk(tree):
+        line = getattr(node, "lineno", 0)
+        if isinstance(node, ast.Attribute) and (base := module_of(node.value)):
+            used.update(id(n) for n in ast.walk(node.value) if isinstance(n, ast.Name))
+            if not _kw_allowed(base, node.attr):
+                found.append(Finding("harness_api", f"uses {base}.{node.attr} ({_HARNESS})", line))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id in aliases and id(node) not in used:
+            found.append(Finding("harness_api", f"uses the module {aliases[node.id]} itself, not its API "
+                                 f"({_HARNESS})", node.lineno))
+    return found
+
+
 def screen(source: str) -> list[Finding]:
     """All rule violations in a candidate. A SyntaxError propagates (that is a compile error)."""
     tree = ast.parse(source)
-    found: list[Finding] = []
+    found: list[Finding] = _harness_api(tree)
     modules: set[str] = set()
     for node in ast.walk(tree):
         line = getattr(node, "lineno", 0)
@@ -147,7 +212,7 @@ def screen(source: str) -> list[Finding]:
                 if isinstance(t, ast.Attribute) and _root_name(t) in modules:
                     found.append(Finding("monkeypatch", f"assigns {_dotted(t)} (patching a module)", line))
     for text, line in kernel_sources(tree):
-        clean = re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.S)
+        clean = re.sub(r"//[^\n]*|/\*.*?\*/", "", text, flags=re.DOTALL)
         for rule, pattern, message in CPP_RULES:
             m = pattern.search(clean)
             if m:

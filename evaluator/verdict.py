@@ -10,6 +10,8 @@ import enum
 import statistics
 from typing import Any
 
+from evaluator.coverage import Coverage
+
 
 class Status(str, enum.Enum):
     OK = "ok"
@@ -44,19 +46,24 @@ class Trial:
 
 @dataclasses.dataclass(frozen=True)
 class Timing:
-    """Raw per-iteration timings of one side (candidate or reference), in ms."""
+    """One side's timing (candidate or reference), in ms. samples_ms are per timing round
+    (evaluator/rounds.py): by the supervisor's clock for a candidate, by the trusted worker's
+    clock for the reference; claimed_ms are the candidate worker's own per-round readings."""
 
     samples_ms: tuple[float, ...]
     median_ms: float
     spread_ms: float  # interquartile range
     wall_ms: float  # supervisor's own clock around the whole timing phase
     early_exit: bool = False
-    overhead_ms: float = 0.0  # per call: supervisor wall time not inside a timed call
+    overhead_ms: float = 0.0  # per call: round time outside the timed calls (measured on the reference)
     warmup_ms: tuple[float, ...] = ()
+    claimed_ms: tuple[float, ...] = ()  # per round: the mean of what the worker's clock said
+    round_overhead_ms: float = 0.0  # per round: a request's round trip
+    calls: tuple[int, ...] = ()  # calls per round
 
     @staticmethod
     def from_samples(samples_ms: list[float], wall_ms: float, early_exit: bool = False,
-                     overhead_ms: float = 0.0, warmup_ms: list[float] = ()) -> "Timing":
+                     overhead_ms: float = 0.0, warmup_ms: list[float] = (), **rest: Any) -> "Timing":
         s = sorted(samples_ms)
         n = len(s)
 
@@ -68,7 +75,8 @@ class Timing:
             hi = min(lo + 1, n - 1)
             return s[lo] + (s[hi] - s[lo]) * (x - lo)
 
-        return Timing(tuple(samples_ms), q(0.5), q(0.75) - q(0.25), wall_ms, early_exit, overhead_ms, tuple(warmup_ms))
+        return Timing(tuple(samples_ms), q(0.5), q(0.75) - q(0.25), wall_ms, early_exit, overhead_ms,
+                      tuple(warmup_ms), **rest)
 
     @staticmethod
     def pooled(windows: list["Timing"]) -> "Timing":
@@ -78,8 +86,15 @@ class Timing:
             return windows[0]
         t = Timing.from_samples([x for w in windows for x in w.samples_ms], sum(w.wall_ms for w in windows),
                                 any(w.early_exit for w in windows),
-                                sum(w.overhead_ms for w in windows) / len(windows), list(windows[-1].warmup_ms))
+                                sum(w.overhead_ms for w in windows) / len(windows), list(windows[-1].warmup_ms),
+                                claimed_ms=tuple(x for w in windows for x in w.claimed_ms),
+                                round_overhead_ms=sum(w.round_overhead_ms for w in windows) / len(windows),
+                                calls=tuple(x for w in windows for x in w.calls))
         return dataclasses.replace(t, median_ms=statistics.median(w.median_ms for w in windows))
+
+    @property
+    def claimed_median_ms(self) -> float | None:
+        return statistics.median(self.claimed_ms) if self.claimed_ms else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +110,7 @@ class Verdict:
     stages: dict[str, float] = dataclasses.field(default_factory=dict)  # stage -> seconds
     log: str = ""  # tail of the worker's stdout/stderr, for repair prompts; untrusted text
     resources: tuple[dict[str, Any], ...] = ()  # ptxas's per-kernel report of the CUDA builds
+    coverage: Coverage | None = None  # where the timed rounds' CPU time went, sampled from outside
 
     @property
     def correct(self) -> bool:
@@ -135,10 +151,17 @@ class Verdict:
                 "candidate_wall_ms": self.candidate.wall_ms if self.candidate else None,
                 "reference_wall_ms": self.reference.wall_ms if self.reference else None,
                 "candidate_early_exit": bool(self.candidate and self.candidate.early_exit),
+                "candidate_claimed_ms": list(self.candidate.claimed_ms) if self.candidate else [],
+                "candidate_calls": list(self.candidate.calls) if self.candidate else [],
+                "reference_calls": list(self.reference.calls) if self.reference else [],
+                "overhead_ms": self.reference.overhead_ms if self.reference else None,
+                "round_overhead_ms": self.reference.round_overhead_ms if self.reference else None,
             },
             "stages": dict(self.stages),
             "fingerprint": dict(self.fingerprint),
             "resources": [dict(r) for r in self.resources],
+            "coverage": self.coverage.share if self.coverage else None,
+            "attribution": self.coverage.to_json() if self.coverage else None,
         }
 
 

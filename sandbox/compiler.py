@@ -45,7 +45,8 @@ class CompileSpec:
 
     def key(self) -> str:
         ident = compiler_version(self.lang)
-        blob = json.dumps([self.lang, self.source, self.flags, self.defines, self.arch, self.output, ident])
+        recipe = ["host-object"] if self.lang == "cuda" else []  # CUDA: compile, then link (see command)
+        blob = json.dumps([self.lang, self.source, self.flags, self.defines, self.arch, self.output, ident, *recipe])
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -57,6 +58,7 @@ class BuildResult:
     seconds: float
     cached: bool
     key: str
+    screen: str = ""  # set when the binary screen refused the library (sandbox/binscreen.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,14 +97,27 @@ def host_cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+HOST_OBJECT = "kernel.o"  # a CUDA library's own host code, kept next to it for the binary screen
+
+
 def command(spec: CompileSpec, cfg: CompilerConfig, src: Path, out: Path) -> list[str]:
     defines = [f"-D{k}={v}" for k, v in spec.defines]
     std = [] if any(f.startswith("-std=") for f in spec.flags) else ["-std=c++17"]
     if spec.lang == "cuda":
         arch = spec.arch or cfg.default_arch
-        kind = ["-cubin"] if spec.output == "cubin" else ["-shared", "-Xcompiler", "-fPIC"]
-        return [cfg.nvcc, *NVCC_FLAGS, *kind, *std, f"-arch={arch}", *defines, *spec.flags, "-o", str(out), str(src)]
+        kind = ["-cubin"] if spec.output == "cubin" else ["-c", "-Xcompiler", "-fPIC"]
+        dest = out if spec.output == "cubin" else out.with_name(HOST_OBJECT)
+        return [cfg.nvcc, *NVCC_FLAGS, *kind, *std, f"-arch={arch}", *defines, *spec.flags, "-o", str(dest), str(src)]
     return [cfg.cxx, *CXX_FLAGS, *std, *defines, *spec.flags, "-o", str(out), str(src)]
+
+
+def link_command(spec: CompileSpec, cfg: CompilerConfig, out: Path) -> list[str] | None:
+    """A CUDA library is linked in a second step from its host object alone, so that the object
+    shows what the candidate's code imports apart from what the static CUDA runtime does."""
+    if spec.lang != "cuda" or spec.output != "shared":
+        return None
+    arch = spec.arch or cfg.default_arch
+    return [cfg.nvcc, "-shared", f"-arch={arch}", "-o", str(out), str(out.with_name(HOST_OBJECT))]
 
 
 _running: set[int] = set()  # process groups of the compilers running now
@@ -164,6 +179,10 @@ def build(spec: CompileSpec, cfg: CompilerConfig) -> BuildResult:
         out = tmpd / "lib.so"  # a cubin keeps this name too: one cache layout
         try:
             code, log = _run(command(spec, cfg, src, out), tmpd, cfg.timeout_s, cfg.max_log_bytes)
+            link = link_command(spec, cfg, out)
+            if code == 0 and link:
+                code, more = _run(link, tmpd, cfg.timeout_s, cfg.max_log_bytes)
+                log += more
         except FileNotFoundError as e:
             return BuildResult(False, "", f"compiler not found: {e.filename}", time.perf_counter() - t0, False, key)
         log = log.replace(str(tmpd) + "/", "")

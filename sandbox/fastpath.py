@@ -32,6 +32,7 @@ class CompileError(RuntimeError):
 Builder = Callable[[CompileSpec], BuildResult]
 _builder: Builder | None = None
 _launches: collections.Counter[str] = collections.Counter()
+_built: set[str] = set()  # libraries the builder handed out: the only paths a Library loads
 
 
 def set_builder(builder: Builder | None) -> None:
@@ -58,6 +59,7 @@ def compile(source: str, *, lang: str | None = None, flags: Sequence[str] = (),
     result = (_builder or _local_builder)(spec)
     if not result.ok:
         raise CompileError(result.log)
+    _built.add(result.path)
     return Library(result.path, source, lang)
 
 
@@ -148,10 +150,48 @@ def prototypes(source: str) -> dict[str, Prototype]:
 
 # --- calling ------------------------------------------------------------------------------
 
+_LM_ID_NEWLM, _RTLD_NOW, _RTLD_DI_LMID = -1, 2, 1
+_namespace: dict[str, Any] = {}  # libc's dlmopen; "lmid": the kernels' namespace; "none": why there is none
+
+
+def _open_library(path: str, lang: str) -> tuple[ctypes.CDLL, str]:
+    """C++ libraries go into one link-map namespace of their own (dlmopen), with their own
+    libc, libm, libstdc++ and libgomp and nothing else: they cannot bind the interpreter's or
+    libtorch's symbols (an undefined one fails the load). One namespace for all of a process's
+    kernels: a process has 16, and each new one with libgomp costs static TLS (about 5 fit).
+    Where none can be made, plain dlopen, and `loader` says why. CUDA libraries keep dlopen: a
+    second copy of the driver library would not share torch's context."""
+    if lang != "cpp" or "none" in _namespace:
+        return ctypes.CDLL(path), "dlopen" + (f" (no namespace: {_namespace['none']})" if "none" in _namespace else "")
+    dl = _namespace.get("libc")
+    if dl is None:
+        dl = _namespace["libc"] = ctypes.CDLL(None)
+        dl.dlmopen.restype, dl.dlmopen.argtypes = ctypes.c_void_p, [ctypes.c_long, ctypes.c_char_p, ctypes.c_int]
+        dl.dlerror.restype = ctypes.c_char_p
+        dl.dlinfo.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
+    lmid = _namespace.get("lmid", _LM_ID_NEWLM)
+    handle = dl.dlmopen(lmid, os.fsencode(path), _RTLD_NOW)
+    if not handle:
+        err = (dl.dlerror() or b"dlmopen failed").decode(errors="replace")
+        if lmid == _LM_ID_NEWLM and ("no more namespaces" in err or "static TLS" in err):
+            _namespace["none"] = err
+            return _open_library(path, lang)
+        hint = ("after the candidate's import the worker maps no new code: compile kernels at module level"
+                if "failed to map segment" in err else "kernel libraries cannot use the interpreter's or libtorch's symbols")
+        raise OSError(f"{err} ({hint})")
+    if lmid == _LM_ID_NEWLM:
+        found = ctypes.c_long(0)
+        if dl.dlinfo(handle, _RTLD_DI_LMID, ctypes.byref(found)) == 0:
+            _namespace["lmid"] = found.value
+    return ctypes.CDLL(path, handle=handle), "dlmopen"
+
+
 class Library:
     def __init__(self, path: str, source: str, lang: str = "cpp"):
+        if path not in _built:  # (else any library, libc's system() included, would be callable)
+            raise ValueError(f"fastpath.Library loads only what fastpath.compile built, not {path!r}")
         self.path, self.lang = path, lang
-        self._cdll = ctypes.CDLL(path)
+        self._cdll, self.loader = _open_library(path, lang)
         self._protos = prototypes(source)
         if not self._protos:
             raise CompileError('no extern "C" function found in the source')

@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sandbox import binscreen
 from sandbox import env as envmod
 from sandbox import protocol
 from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
@@ -116,6 +117,26 @@ class ForkedProcess:
     def memory_exceeded(self) -> bool:
         return bool(self.cgroup and self.cgroup.memory_exceeded())
 
+    def worker_pid(self) -> int | None:
+        """The worker's pid as this process sees it: the keeper's grandchild (keeper -> pid 1 of
+        the namespace -> worker, sandbox/zygote.py); None once it is gone."""
+        pid = self.pid
+        for _ in range(2):
+            try:
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                return None
+            if not kids:
+                return None
+            pid = int(kids[0])
+        return pid
+
+    def cgroup_dir(self) -> Path | None:
+        """The worker's cgroup v2 directory, where it has one (the sampler follows it there)."""
+        if self.cgroup and self.cgroup.dirs and (self.cgroup.dirs[0] / "cgroup.controllers").exists():
+            return self.cgroup.dirs[0]
+        return None
+
     def cpu_seconds(self) -> float | None:
         return self.cgroup.cpu_seconds() if self.cgroup else None
 
@@ -200,8 +221,8 @@ class Worker:
             bad = [f for f in spec.flags if not _safe_flag(f)]
             if bad:
                 result = BuildResult(False, "", f"compiler flag not allowed: {bad[0]}", 0.0, False, "")
-            else:
-                result = self.sandbox.build(spec)
+            else:  # a library that fails the binary screen is never handed to the worker
+                result = binscreen.screen_build(spec, self.sandbox.build(spec))
         except (KeyError, TypeError, ValueError) as e:
             result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
         self.builds.append(result)

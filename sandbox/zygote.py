@@ -132,7 +132,7 @@ def _init(req: dict, sock_fd: int, log_fd: int, status_fd: int, notes: list[str]
     os.close(log_fd)
     while True:  # reap orphans reparented to us until the worker itself ends
         done, status = os.waitpid(-1, 0)
-        if done == pid:
+        if done == pid and not os.WIFSTOPPED(status):  # a tracee's stop is not its end
             break
     try:
         os.write(status_fd, json.dumps({"wait_status": status}).encode())

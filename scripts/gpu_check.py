@@ -26,7 +26,7 @@ from evaluator.cascade import EvalConfig, Evaluator, TimingConfig  # noqa: E402
 from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
 from tasks.registry import suite_tasks  # noqa: E402
 
-TIMING = TimingConfig(warmup=3, min_iters=10, max_iters=60, target_s=0.2)
+TIMING = TimingConfig(warmup=3, min_iters=10, target_s=0.2)
 
 
 def environment() -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-from sqlalchemy import (Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
+from sqlalchemy import (BigInteger, Boolean, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData, String,
                         Table, Text, UniqueConstraint, insert, select, text)
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -192,3 +192,12 @@ def m002_llm_calls_and_rewards(conn: Connection) -> None:
     calls.create(conn, checkfirst=False)
     for name, kind in (("reward", Float()), ("reward_note", Text()), ("strategy", String()), ("resources", Text())):
         conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))
+
+
+@migration
+def m003_coverage(conn: Connection) -> None:
+    """Per evaluation: the share of the timed calls' CPU samples in the candidate's own code,
+    sampled from outside the worker, and the sampler's breakdown (JSON)."""
+    for name, kind in (("coverage", Float()), ("attribution", Text())):
+        conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))
+

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Column, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
@@ -99,6 +99,9 @@ class Evaluation(SQLModel, table=True):
     reward_note: str | None = _text(nullable=True)
     strategy: str | None = None
     resources: str | None = _text(nullable=True)
+    # m003: the share of the timed calls' CPU samples in the candidate's own code, and its breakdown (JSON)
+    coverage: float | None = None
+    attribution: str | None = _text(nullable=True)
 
 
 class LLMCall(SQLModel, table=True):
@@ -123,3 +126,4 @@ class LLMCall(SQLModel, table=True):
     status: str  # ok, api_error, format_error
     error: str = _text()
     created_at: dt.datetime = Field(default_factory=utcnow)
+

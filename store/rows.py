@@ -17,7 +17,7 @@ from store.models import Candidate, Evaluation, LLMCall, Run, Task
 
 CANDIDATE_ID_LEN = 12
 _FLOAT_FIELDS = ("speedup", "candidate_ms", "reference_ms", "candidate_spread_ms", "reference_spread_ms",
-                 "reference_compiled_ms", "speedup_vs_compile")
+                 "reference_compiled_ms", "speedup_vs_compile", "coverage")
 
 
 def sha256_hex(text: str) -> str:
@@ -80,6 +80,7 @@ def evaluation_row(candidate: str, run_id: int | None, verdict: Mapping[str, Any
         device=fingerprint.get("device"),
         log=str(verdict.get("log") or ""),
         resources=encode("verdict resources", list(verdict["resources"])) if "resources" in verdict else None,
+        attribution=encode("verdict attribution", dict(verdict["attribution"])) if verdict.get("attribution") else None,
     )
 
 
@@ -108,7 +109,8 @@ def evaluation_dict(e: Evaluation) -> dict[str, Any]:
             "stages": decode(e.stages), "fingerprint": decode(e.fingerprint),
             "fingerprint_id": e.fingerprint_id, "device": e.device, "log": e.log,
             "reward": e.reward, "reward_note": e.reward_note, "strategy": e.strategy,
-            "resources": decode(e.resources), "created_at": iso(e.created_at)}
+            "resources": decode(e.resources), "attribution": decode(e.attribution),
+            "created_at": iso(e.created_at)}
 
 
 LLM_CALL_STATUSES = ("ok", "api_error", "format_error")

@@ -14,7 +14,7 @@ from tasks.spec import load_task
 
 ROOT = Path(__file__).resolve().parent.parent
 CPU_SUITE = ROOT / "tasks" / "suites" / "cpu"
-FAST_TIMING = TimingConfig(warmup=2, min_iters=5, max_iters=20, target_s=0.05)
+FAST_TIMING = TimingConfig(warmup=2, min_iters=5, target_s=0.05, round_ms=5.0, min_rounds=3)
 
 
 @pytest.fixture(scope="session")

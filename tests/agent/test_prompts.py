@@ -1,6 +1,7 @@
 """Prompts: what each ask contains, in what order, and that it stays bounded."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,23 @@ def test_format_retry_messages():
     assert "cut off" in format_retry("truncated: unclosed code fence")
     other = format_retry("no class ModelNew in the code")
     assert "no class ModelNew in the code" in other and "```python" in other
+
+
+def test_the_imports_rule_is_the_static_screens_allowlist():
+    from evaluator import static
+
+    rule = next(r for r in prompts.RULES_COMMON if r.startswith("Imports:"))
+    allowed, banned = rule.removeprefix("Imports:").split(";", 1)
+    assert {f"{p}.{m}" for p, m in re.findall(r"`from ([\w.]+) import (\w+)`", allowed)} == set(static.ALLOWED_KERNELWRIGHT)
+    named = set(re.findall(r"\bfastpath\.(\w+)", allowed))
+    assert named == set(static.ALLOWED_KERNELWRIGHT["sandbox.fastpath"])
+    plain = set(re.findall(r"\b[a-z][a-z_]*\b", re.sub(r"`[^`]*`|\(only [^)]*\)", "", allowed))) - {"and", "on"}
+    assert plain == {*static.ALLOWED_IMPORTS, *static.ALLOWED_GPU_IMPORTS}
+    assert screen("".join(f"import {m}\n" for m in plain) + "from sandbox import fastpath\n") == []
+    refused = set(re.findall(r"\b[a-z]+\b", banned)) - {"nothing", "else", "of", "kernelwright", "and", "are",
+                                                          "banned", "eval", "exec"}
+    assert refused == set(static.PROMPT_BANNED)
+    for module in refused:
+        assert {f.rule for f in screen(f"import {module}\n")} == {"banned_import"}, module
+    for call in ("eval", "exec"):
+        assert {f.rule for f in screen(f"{call}('1')\n")} == {"banned_call"}

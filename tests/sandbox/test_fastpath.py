@@ -39,11 +39,12 @@ def test_compile_error_carries_the_log(cfg):
 
 
 def test_compile_timeout(tmp_path):
-    # a template instantiation bomb keeps g++ busy far longer than the limit
-    bomb = "template<int N> struct F { static const long v = F<N-1>::v + F<N-2>::v; };\n" \
-           "template<> struct F<0> { static const long v = 0; }; template<> struct F<1> { static const long v = 1; };\n" \
-           'extern "C" long f() { return F<100000>::v; }\n'
-    r = build(CompileSpec(bomb, flags=("-ftemplate-depth=200000",)), CompilerConfig(cache_dir=tmp_path, timeout_s=1.0))
+    # a constexpr loop of 2^31 steps keeps g++ busy far longer than the limit (a template bomb
+    # can crash g++ on its stack first, on a fast machine)
+    bomb = "constexpr long spin(long n) { long s = 0; for (long i = 0; i < n; ++i) s += i % 7; return s; }\n" \
+           'extern "C" long f() { constexpr long v = spin(1L << 31); return v; }\n'
+    flags = ("-fconstexpr-loop-limit=2147483647", "-fconstexpr-ops-limit=1099511627776")
+    r = build(CompileSpec(bomb, flags=flags), CompilerConfig(cache_dir=tmp_path, timeout_s=1.0))
     assert not r.ok and "timed out" in r.log and r.seconds < 10
 
 
