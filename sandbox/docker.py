@@ -100,6 +100,17 @@ class ContainerProcess:
         except Exception:  # noqa: BLE001
             return False
 
+    def worker_pid(self) -> int | None:
+        """The worker's pid on this host (the coverage sampler's target): the only child of the
+        container's pid 1, the keeper (sandbox/container.py); None where it cannot be seen."""
+        try:
+            self.container.reload()
+            keeper = int(self.container.attrs["State"]["Pid"])
+            kids = Path(f"/proc/{keeper}/task/{keeper}/children").read_text().split()
+        except Exception:  # noqa: BLE001 - gone, or the engine runs on another machine
+            return None
+        return int(kids[0]) if keeper and kids else None
+
     def log_tail(self, limit: int) -> str:
         try:
             return self.container.logs(stdout=True, stderr=True, tail=400).decode(errors="replace")[-limit:]

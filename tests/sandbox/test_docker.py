@@ -199,12 +199,14 @@ def test_container_sees_no_secret_no_network_and_its_own_pids(docker_loose, smal
         assert b"kwtest" not in open("/proc/1/environ", "rb").read(), "pid 1 holds a secret"
         assert sorted(os.listdir("/sys/class/net")) == ["lo"], os.listdir("/sys/class/net")
         assert os.getpid() < 10 and open("/proc/1/cmdline").read() != ""
-        with open("scratch.txt", "w") as f:  # the tmpfs work directory is writable
-            f.write("ok")
+        assert open("scratch.txt").read() == "ok"
         out = torch.empty_like(x)
         _lib.softmax_slow(out, x, x.shape[0], x.shape[1])
         return out'''
-    v = docker_loose.evaluate(small_task, slow(prelude="import os\n", forward=probe))
+    # the tmpfs work directory is writable at import (after it, the seccomp filter refuses
+    # files opened for writing)
+    prelude = 'import os\nwith open("scratch.txt", "w") as f:\n    f.write("ok")\n'
+    v = docker_loose.evaluate(small_task, slow(prelude=prelude, forward=probe))
     assert v.status.value == "ok", (v.reason, v.log[-1500:])
     assert not any(str(p).endswith("scratch.txt") for p in docker_sandbox.run_dir.rglob("*"))
 
@@ -214,15 +216,25 @@ def test_no_network(docker_loose, small_task):
 
 
 def test_root_and_mounts_are_read_only(docker_loose, small_task, docker_sandbox):
+    """At import the read-only root and mounts hold; after it, the seccomp filter denies it first."""
     cache = docker_sandbox.cfg.compiler.cache_dir
     for target in ("/usr/kw_escaped.txt", str(cache / "kw_escaped.txt")):
+        v = docker_loose.evaluate(small_task, slow(prelude=f'open({target!r}, "w").write("out")\n'))
+        assert v.status.value == "runtime_error"
+        assert "read-only" in v.reason.lower(), v.reason
         probe = f'''
         open({target!r}, "w").write("out")
         return x'''
         v = docker_loose.evaluate(small_task, slow(forward=probe))
         assert v.status.value == "runtime_error"
-        assert "read-only" in v.reason.lower(), v.reason
+        assert "read-only" in v.reason.lower() or "Operation not permitted" in v.reason, v.reason
     assert not (cache / "kw_escaped.txt").exists()
+
+
+def test_coverage_is_sampled_in_a_container_too(docker_evaluator, small_task):
+    v = docker_evaluator.evaluate(small_task, FAST)
+    assert v.status.value == "ok", v.reason
+    assert v.coverage is not None and v.coverage.samples > 50 and v.coverage.share > 0.5, (v.coverage, v.flags)
 
 
 def test_container_limits_as_configured(docker_sandbox):
