@@ -32,7 +32,7 @@ class Coverage:
         return dataclasses.asdict(self)
 
     def describe(self) -> str:
-        total = max(1, self.samples)
+        total = max(1, sum(self.categories.values()))
         parts = [f"{k} {100 * v / total:.0f}%" for k, v in sorted(self.categories.items(), key=lambda kv: -kv[1]) if v]
         return ", ".join(parts[:5])
 
@@ -90,10 +90,27 @@ class Watch:
 
 
 def check(cov: Coverage | None, min_share: float, min_samples: int = 50) -> str | None:
-    """The strict policy's rule: the candidate's own code must carry the timed rounds."""
-    if cov is None or cov.share is None or cov.samples < min_samples or min_share <= 0:
+    """The strict policy's rule: the candidate's own code must carry the timed calls (on CUDA
+    the profiler's kernel times, which need no sample count)."""
+    if cov is None or cov.share is None or min_share <= 0:
+        return None
+    if not cov.mode.startswith("cuda") and cov.samples < min_samples:
         return None
     if cov.share < min_share:
-        return (f"low_coverage: {100 * cov.share:.0f}% of the timed rounds' CPU samples were in the candidate's "
+        what = "GPU time of a checked call" if cov.mode.startswith("cuda") else "timed rounds' CPU samples"
+        return (f"low_coverage: {100 * cov.share:.0f}% of the {what} were in the candidate's "
                 f"own code, {100 * min_share:.0f}% required ({cov.describe()}; {cov.samples} samples)")
     return None
+
+
+def from_gpu_profile(spent: dict[str, float], kernel_names: set[str]) -> Coverage | None:
+    """Coverage on CUDA: the share of a checked call's GPU time in the candidate's own kernels
+    (by name), from the profiler inside the worker. A claim, unlike the CPU sampler: native code
+    in the worker could forge the profiler's events; the supervisor's clock and the outputs do
+    not depend on it."""
+    total = sum(spent.values())
+    if not spent or total <= 0:
+        return None
+    own = sum(us for name, us in spent.items() if any(k in name for k in kernel_names))
+    return Coverage(own / total, len(spent), {"own": round(own), "other": round(total - own)},
+                    "cuda profiler (in the worker)")

@@ -246,7 +246,12 @@ class Probe:
             report["plain"] = plain
             if profiler is not None:
                 try:
-                    report["gpu_kernels"] = sorted({e.name for e in profiler.events() if e.device_type.name == "CUDA"})
+                    kernels = [e for e in profiler.events() if e.device_type.name == "CUDA"]
+                    report["gpu_kernels"] = sorted({e.name for e in kernels})
+                    spent: dict[str, float] = {}  # GPU time per kernel name, for coverage on CUDA
+                    for e in kernels:
+                        spent[e.name] = spent.get(e.name, 0.0) + float(e.time_range.elapsed_us())
+                    report["gpu_kernel_us"] = spent
                 except Exception as e:  # noqa: BLE001 - as above
                     report["profiler"] = f"no events: {type(e).__name__}: {e}"[:200]
         inputs_after: list[Any] = [a for a in args if isinstance(a, torch.Tensor)] if checks else []

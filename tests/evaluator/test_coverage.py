@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from evaluator.coverage import Coverage, check
+from evaluator.coverage import Coverage, check, from_gpu_profile
 from tests.data.candidates import FAST, slow
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="perf sampling of another process needs root here")
@@ -83,3 +83,12 @@ def test_the_rule():
 def test_the_fast_kernel_keeps_its_verdict(evaluator, small_task):
     v = evaluator.evaluate(small_task, FAST)
     assert v.status.value == "ok" and v.coverage.share > 0.5, (v.reason, v.coverage)
+
+
+def test_gpu_coverage_is_the_profiled_time_share_of_the_candidates_kernels():
+    spent = {"softmax_rows_kernel": 30.0, "at::native::vectorized_elementwise_kernel": 70.0}
+    cov = from_gpu_profile(spent, {"softmax_rows_kernel"})
+    assert abs(cov.share - 0.3) < 1e-9 and cov.mode.startswith("cuda")
+    assert "low_coverage: 30% of the GPU time" in check(cov, 0.5)  # no sample count on GPUs
+    assert check(from_gpu_profile({"softmax_rows_kernel": 5.0}, {"softmax_rows_kernel"}), 0.5) is None
+    assert from_gpu_profile({}, {"k"}) is None
