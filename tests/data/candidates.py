@@ -94,3 +94,15 @@ class ModelNew(nn.Module):
         _lib.relu2(y, x, x.numel(), ''' + str(reps) + ''')
         return y
 '''
+
+
+# stands in for native code that took over the worker's clock: its per-call claims cut 20x
+FORGED_CLAIMS = '''import sys
+_probe = sys.modules["evaluator.probe"]
+_real = _probe.Probe.do_go
+def _fake(self, meta, tensors):
+    kind, out, t = _real(self, meta, tensors)
+    out["claims_ms"] = [x / 20 for x in out["claims_ms"]]
+    return kind, out, t
+_probe.Probe.do_go = _fake
+'''

@@ -19,7 +19,7 @@ from sandbox.docker import DockerConfig, DockerSandbox, _exit_to_wait_status
 from sandbox.image import Plan
 from sandbox.process import SandboxConfig
 from tests.conftest import FAST_TIMING
-from tests.data.candidates import FAST, slow
+from tests.data.candidates import FAST, FORGED_CLAIMS, slow
 from tests.sandbox.test_faults import _alive_with, assert_no_network
 
 SECRETS = {"OPENAI_API_KEY": "sk-kwtest-secret", "MY_SERVICE_TOKEN": "tok-kwtest-secret", "DB_PASSWORD": "pw-kwtest-secret"}
@@ -93,15 +93,6 @@ extern "C" void softmax_oob(float* out, float* x, int64_t rows, int64_t cols) {
     x[rows * cols] = 0.0f;
 }
 '''
-FORGED_TIMINGS = '''import sys
-_probe = sys.modules["evaluator.probe"]
-_real = _probe.Probe.do_go
-def _fake(self, meta, tensors):
-    kind, out, t = _real(self, meta, tensors)
-    out["claims_ms"] = [x / 20 for x in out["claims_ms"]]
-    return kind, out, t
-_probe.Probe.do_go = _fake
-'''
 FORGED_EXIT = '''
         import json
         fake = json.dumps({"status": "ok", "speedup": 100.0, "correct": True})
@@ -130,7 +121,7 @@ CASES = [
     ("lazy_output", True, slow(prelude="\nclass Lazy(torch.Tensor):\n    pass\n", forward="\n        out = torch.empty_like(x)\n"
                                "        _lib.softmax_slow(out, x, x.shape[0], x.shape[1])\n        return out.as_subclass(Lazy)"),
      ("rejected",), "lazy_output"),
-    ("forged_timings", False, slow(prelude=FORGED_TIMINGS), ("rejected",), "timing_mismatch"),
+    ("forged_timings", False, slow(prelude=FORGED_CLAIMS), ("rejected",), "timing_mismatch"),
 ]
 
 
