@@ -259,7 +259,8 @@ class Batch:
             rows.append({"task": job.task.name, "strategy": job.strategy, "state": state,
                          "evaluated": p.get("candidates", 0), "counts": p.get("counts", {}),
                          "best_speedup": p.get("best_speedup"), "best_candidate_id": p.get("best_candidate_id"),
-                         "measurements": p.get("best_measurements", 0)})
+                         "measurements": p.get("best_measurements", 0),
+                         "best_peak_fraction": p.get("best_peak_fraction"), "best_bound": p.get("best_bound")})
         return rows
 
     def summary(self) -> dict[str, Any]:
@@ -272,8 +273,8 @@ class Batch:
             reasons.add("failed" if job in self.failures else res.get("stopped_by", ""))
             tasks.append({"task": row["task"], "strategy": row["strategy"],
                           "best_candidate_id": row["best_candidate_id"], "best_speedup": row["best_speedup"],
-                          "measurements": row["measurements"],
-                          "evaluated": row["evaluated"], "counts": row["counts"], "note": note,
+                          "measurements": row["measurements"], "best_peak_fraction": row["best_peak_fraction"],
+                          "best_bound": row["best_bound"], "evaluated": row["evaluated"], "counts": row["counts"], "note": note,
                           "worker": res.get("worker")})
         return {"run_id": self.cfg.run_id, "tasks": tasks,
                 "tokens": {"in": spend["tokens_in"], "out": spend["tokens_out"]},

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, read_candidate, tasks_app
-from agent.display import coverage_line
+from agent.display import coverage_line, peak_text
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
 
@@ -49,6 +49,9 @@ def _print_verdict(v: dict, db: str) -> None:
     if v["speedup"] is not None:
         console.print(f"speedup {v['speedup']:.2f}x  (candidate {v['candidate_ms']:.3f} ms ± {v['candidate_spread_ms']:.3f}, "
                       f"reference {v['reference_ms']:.3f} ms ± {v['reference_spread_ms']:.3f}, IQR)")
+    if v.get("peak_fraction") is not None:
+        console.print(f"peak    {peak_text(v['peak_fraction'], v.get('bound'), v.get('reference_peak_fraction'))}"
+                      "  (of this machine's measured ceilings: `kernelwright device`)")
     trials = v["trials"]
     if trials:
         worst = max((e["max_abs"] for t in trials for e in t["errors"]), default=0.0)
@@ -153,6 +156,7 @@ def main() -> None:
     from agent import cli_sandbox  # noqa: F401 - registers its commands on the app
     from agent import cli_batch  # noqa: F401 - registers `batch`
     from agent import cli_review  # noqa: F401 - registers its commands on the app
+    from agent import cli_device  # noqa: F401 - registers `device`
 
     app()
 

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
                        ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
-from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, open_store, options
+from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, machine_ceilings, open_store, options
 
 
 @app.command("batch")
@@ -78,6 +78,8 @@ def batch_cmd(
         keyed_config(model, base_url, os.environ.get(api_key_env, ""), api_key_env, concurrency)
     llm = batch.LLMSpec(model, base_url, api_key_env, concurrency) if model else None
     store = store or open_store(opts.db)
+    # measured here, once and before Ray starts: jobs measuring at once would each see a busy machine
+    machine_ceilings(opts, store)
     config = {"suite": suite_name, "tasks": [str(t.path) for t in tasks] if task else [], "strategy": strategy,
               "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed, "model": model,
               "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "device": device,

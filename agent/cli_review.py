@@ -13,7 +13,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from agent.app import DbOpt, JsonOpt, app, console
-from agent.display import coverage_line
+from agent.display import coverage_line, peak_short, peak_text
 from agent.runtime import UserError, cli_errors, open_store, options
 from store import ranking
 
@@ -62,13 +62,16 @@ def best_cmd(task: Optional[str] = typer.Option(None, "--task", help="Only this 
         console.print("No correct kernel in the store" + (f" for {task}" if task else "") + ".")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    # speedup: the median of the candidate's measurements (store/ranking.py); measured: how many
-    for name in ("task", "speedup", "measured", "candidate", "device", "fingerprint", "strategy", "when"):
-        width = {"candidate": 12, "fingerprint": 12, "when": 10, "strategy": 10, "speedup": 7, "device": 6}.get(name)
+    # speedup: the median of the candidate's measurements (store/ranking.py); measured: how many;
+    # peak: their median share of the machine's peak, mem(ory) or fp32 bound (evaluator/roofline.py)
+    for name in ("task", "speedup", "peak", "measured", "candidate", "device", "fingerprint", "strategy", "when"):
+        width = {"candidate": 12, "fingerprint": 12, "when": 10, "strategy": 10, "speedup": 7, "device": 6,
+                 "peak": 8}.get(name)
         table.add_column(name, no_wrap=True, min_width=width,  # ids are for copying: never cut
-                         justify="right" if name in ("speedup", "measured") else "left")
+                         justify="right" if name in ("speedup", "peak", "measured") else "left")
     for r in rows:
-        table.add_row(escape(r["task"]), _x(r["speedup"]), str(r["measurements"]), r["candidate_id"],
+        table.add_row(escape(r["task"]), _x(r["speedup"]), peak_short(r.get("peak_fraction"), r.get("bound")),
+                      str(r["measurements"]), r["candidate_id"],
                       r["device"] or "-",
                       r["fingerprint_id"] or "-", escape(r["strategy"] or "-"), (r["created_at"] or "")[:10])
     console.print(table)
@@ -130,6 +133,8 @@ def _print_evaluation(e: dict[str, Any]) -> None:
         console.print(f"  speedup {_x(e['speedup'])}: candidate {e['candidate_ms']:.4f} ms ± "
                       f"{e['candidate_spread_ms']:.4f}, reference {e['reference_ms']:.4f} ms ± "
                       f"{e['reference_spread_ms']:.4f} (median ± IQR{spread})")
+    if e.get("peak_fraction") is not None:
+        console.print(f"  peak {peak_text(e['peak_fraction'], e.get('bound'), e.get('reference_peak_fraction'))}")
     if e["trials"]:
         table = Table("trial", "ok", "max abs err", "max rel err", "mismatch", "note")
         for t in e["trials"]:
@@ -221,9 +226,10 @@ def export_cmd(out: Path = typer.Option(..., "--out", help="Directory to write t
     if as_json:
         typer.echo(json.dumps(manifest))
         return
-    table = Table("function", "speedup", "device", "candidate", "evaluation")
+    table = Table("function", "speedup", "peak", "device", "candidate", "evaluation")
     for e in manifest["tasks"]:
-        table.add_row(f"{name}.{e['function']}", _x(e["speedup"]), e["device"], e["candidate_id"],
+        table.add_row(f"{name}.{e['function']}", _x(e["speedup"]), peak_short(e["peak_fraction"], e["bound"]),
+                      e["device"], e["candidate_id"],
                       str(e["evaluation_id"]))
     console.print(table)
     console.print(f"Install with: pip install {out}   then check: python -m {name}.selftest")

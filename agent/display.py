@@ -45,12 +45,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
                       f"${summary['cost_usd']:.4f}, {summary['seconds']} s")
     # measured: how many times the best was measured (its speedup is their median); statuses
     # count evaluations, re-measurements included
-    for col in ("task", "best speedup", "measured", "best candidate", "evaluated", "statuses"):
-        t.add_column(col, justify="right" if col in ("best speedup", "measured", "evaluated") else "left")
+    # peak: the best's share of the machine's peak (evaluator/roofline.py), mem(ory) or fp32 bound
+    for col in ("task", "best speedup", "peak", "measured", "best candidate", "evaluated", "statuses"):
+        t.add_column(col, justify="right" if col in ("best speedup", "peak", "measured", "evaluated") else "left")
     for task in summary["tasks"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(task["counts"].items()))
         best = task["best_speedup"]
-        t.add_row(task["task"], f"{best:.2f}x" if best is not None else "-", str(task.get("measurements") or "-"),
+        t.add_row(task["task"], f"{best:.2f}x" if best is not None else "-",
+                  peak_short(task.get("best_peak_fraction"), task.get("best_bound")),
+                  str(task.get("measurements") or "-"),
                   task["best_candidate_id"] or "-",
                   str(task["evaluated"]), counts + (f" ({task['note']})" if task.get("note") else ""))
     return t
@@ -62,3 +65,18 @@ def coverage_line(share: float, attribution: dict | None) -> str:
     total = max(1, sum(cats.values()))
     where = ", ".join(f"{k} {100 * n / total:.0f}%" for k, n in sorted(cats.items(), key=lambda kv: -kv[1]) if n)
     return f"coverage {share:.0%} in the candidate's own code (sampled: {where})"
+
+
+def peak_text(fraction: float | None, bound: str | None, reference: float | None = None) -> str:
+    """`31% of peak (memory-bound; eager 12%)`: a peak fraction as every display shows it."""
+    if fraction is None:
+        return "-"
+    ref = f"; eager {reference:.0%}" if reference is not None else ""
+    return f"{fraction:.0%} of peak ({bound or '?'}-bound{ref})"
+
+
+def peak_short(fraction: float | None, bound: str | None) -> str:
+    """`31% mem` for table cells."""
+    if fraction is None:
+        return "-"
+    return f"{fraction:.0%} {'mem' if bound == 'memory' else 'fp32' if bound == 'compute' else ''}".rstrip()

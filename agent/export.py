@@ -6,7 +6,7 @@
     <out>/<name>/_runtime.py       the fast path and its compiler, generated from sandbox/
     <out>/<name>/kernels/<t>.py    the candidate, importing _runtime instead of kernelwright
     <out>/<name>/references/<t>.py the task file (fallback and self-test)
-    <out>/<name>/manifest.json     task, speedup, fingerprint, evaluation, candidate, source hash
+    <out>/<name>/manifest.json     task, speedup, peak fraction, fingerprint, evaluation, candidate, source hash
     <out>/<name>/selftest.py       python -m <name>.selftest
 
 The package must not import kernelwright, so its runtime is generated from kernelwright's own
@@ -220,6 +220,7 @@ def _entry(task: Task, module: str, row: dict[str, Any], cand: dict[str, Any], e
         raise TaskError(f"{task.name}: get_inputs() failed: {type(e).__name__}: {e}") from None
     return {"task": task.name, "function": module, "module": module, "description": task.meta.description,
             "speedup": row["speedup"], "candidate_ms": row["candidate_ms"], "reference_ms": row["reference_ms"],
+            "peak_fraction": row.get("peak_fraction"), "bound": row.get("bound"),
             "device": device, "fingerprint_id": row["fingerprint_id"], "fingerprint": evaluation["fingerprint"],
             "evaluation_id": row["evaluation_id"], "candidate_id": row["candidate_id"],
             "source_hash": hashlib.sha256(cand["source"].encode()).hexdigest(), "knobs": cand["knobs"],

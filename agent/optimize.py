@@ -308,6 +308,7 @@ class Optimizer:
             p = progress.get(tr.task_id, {})
             tasks.append({"task": tr.task.name, "best_candidate_id": p.get("best_candidate_id"),
                           "best_speedup": p.get("best_speedup"), "measurements": p.get("best_measurements", 0),
+                          "best_peak_fraction": p.get("best_peak_fraction"), "best_bound": p.get("best_bound"),
                           "evaluated": tr.evaluated,
                           "counts": p.get("counts", {}), "note": tr.done_reason})
         return {"run_id": self.run_id, "tasks": tasks,

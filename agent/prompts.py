@@ -26,6 +26,9 @@ class Exemplar:
     reason: str = ""
     log: str = ""  # compiler output or traceback
     resources: str = ""  # ptxas register / shared memory report
+    peak_fraction: float | None = None  # share of the machine's peak reached (evaluator/roofline.py)
+    bound: str | None = None  # memory or compute
+    reference_peak_fraction: float | None = None  # the reference's, in the same evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +255,7 @@ def contrastive(task_source: str, target: Target, task_name: str, exemplars: Seq
     ordered = _slowest_first(exemplars)[-limits.exemplars:] if limits.exemplars > 0 else []
     parts = _frame(task_source, target, task_name)
     shown = [_exemplar(f"Candidate {i}", e, limits, baseline) for i, e in enumerate(ordered, 1)]
-    parts.append("## Earlier candidates, slowest first\n\n" + "\n\n".join(shown) if shown
+    parts.append("## Earlier candidates, slowest first\n\n" + headroom(ordered) + "\n\n".join(shown) if shown
                  else "## Earlier candidates\nNone yet.")
     kept_negatives = list(negatives)[: limits.negatives]
     if kept_negatives:
@@ -320,6 +323,20 @@ def _slowest_first(exemplars: Sequence[Exemplar]) -> list[Exemplar]:
         measured = e.status == "ok" and e.speedup is not None
         return (measured, e.speedup if measured else 0.0, e.candidate_id)
     return sorted(exemplars, key=key)
+
+
+def headroom(exemplars: Sequence[Exemplar], baseline: str = BASELINE) -> str:
+    """One line on how close to the machine's measured ceilings the reference and the fastest
+    candidate are (with a blank line after it), or "" when no verdict says."""
+    measured = [e for e in exemplars if e.status == "ok" and e.speedup is not None and e.peak_fraction is not None]
+    if not measured:
+        return ""
+    best = max(measured, key=lambda e: (e.speedup, e.candidate_id))
+    eager = (f"{baseline} reaches {best.reference_peak_fraction:.0%} of this machine's measured peak; "
+             if best.reference_peak_fraction is not None else "")
+    limit = "fp32 FMA throughput" if best.bound == "compute" else "memory bandwidth"
+    return (f"Roofline: {eager}the fastest candidate so far ({best.candidate_id}) {best.peak_fraction:.0%}, "
+            f"bound by {limit} (100%: the most this machine was measured to sustain).\n\n")
 
 
 def speedup_text(e: Exemplar, baseline: str = BASELINE) -> str:

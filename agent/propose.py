@@ -39,7 +39,9 @@ def _exemplar(h: dict[str, Any]) -> prompts.Exemplar:
     resources = "\n".join(f"{k.get('kernel')}: {k.get('registers')} registers, {k.get('spill_stores')} spill stores, "
                           f"{k.get('shared_bytes')} B smem" for k in e.get("resources") or [])
     return prompts.Exemplar(candidate_id=h["id"], source=h["source"], status=e["status"], speedup=e.get("speedup"),
-                            reason=e.get("reason") or "", log=e.get("log") or "", resources=resources)
+                            reason=e.get("reason") or "", log=e.get("log") or "", resources=resources,
+                            peak_fraction=e.get("peak_fraction"), bound=e.get("bound"),
+                            reference_peak_fraction=e.get("reference_peak_fraction"))
 
 
 def pick_exemplars(history: Sequence[dict[str, Any]], parent_id: str | None, k: int = 4,

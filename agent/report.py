@@ -25,6 +25,10 @@ def fmt_speedup(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def fmt_peak(fraction: float | None, bound: str | None) -> str:
+    return "-" if fraction is None else f"{fraction:.0%} ({bound or '?'})"
+
+
 @dataclasses.dataclass(frozen=True)
 class ReportData:
     title: str
@@ -50,7 +54,8 @@ def leaderboard(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ranked.setdefault(st.first["task_id"], []).append(st)
     for task_id, standings in ranked.items():
         st = ranking.leader(standings)
-        board[task_id]["best"] = {**st.first, "speedup": st.speedup, "measurements": st.measurements}
+        board[task_id]["best"] = {**st.first, "speedup": st.speedup, "measurements": st.measurements,
+                                  "peak_fraction": st.peak_fraction, "bound": st.bound}
     return sorted(board.values(), key=lambda b: b["task"])
 
 
@@ -174,6 +179,7 @@ def render(data: ReportData) -> str:
     rows, calls = data.evaluations, data.llm_calls
     board = leaderboard(rows)
     lead = [[("task", _e(b["task"])), ("num speedup", fmt_speedup(b["best"]["speedup"] if b["best"] else None)),
+             ("num peak", _e(fmt_peak(b["best"]["peak_fraction"], b["best"]["bound"])) if b["best"] else "-"),
              ("candidate", _e(b["best"]["candidate_id"]) if b["best"] else "-"),
              ("num evaluations", str(b["evaluations"])), ("num correct", str(b["correct"])),
              ("device", _e(b["best"]["device"]) if b["best"] else "-"),
@@ -188,12 +194,13 @@ def render(data: ReportData) -> str:
     parts = [
         f"<h1>kernelwright report: {_e(data.title)}</h1>",
         f'<p class="note">Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Speedups are medians '
-        "against PyTorch eager, measured on the machine named by each fingerprint; compare only within one.</p>",
+        "against PyTorch eager, measured on the machine named by each fingerprint; compare only within one. "
+        "Peak: the median share of the machine's measured peak, memory or compute, whichever bounds it.</p>",
         f'<p id="totals"><span id="n-evaluations">{len(rows)}</span> evaluations of <span id="n-tasks">{len(board)}'
         f'</span> tasks, <span id="n-correct">{sum(b["correct"] for b in board)}</span> correct, '
         f'<span id="n-failed">{len(failed)}</span> failed; <span id="n-llm-calls">{len(calls)}</span> LLM calls, '
         f'<span id="tokens">{tin} + {tout}</span> tokens, <span id="cost">${cost:.4f}</span>.</p>',
-        "<h2>Leaderboard</h2>", _table(["task", "best speedup", "candidate", "evaluations", "correct", "device",
+        "<h2>Leaderboard</h2>", _table(["task", "best speedup", "peak", "candidate", "evaluations", "correct", "device",
                                        "fingerprint"], lead, "leaderboard"),
         "<h2>Search progress</h2>", '<p class="note">Best correct speedup after each evaluation of a task.</p>',
         progress_chart(rows),

@@ -58,6 +58,7 @@ class Options:
     sandbox: str = "process"  # or "docker"
     image: str | None = None  # the docker sandbox's image
     timing_cpus: tuple[int, ...] = ()  # sandbox/cpus.py; () : timing has the whole machine
+    ceilings: str = "measure"  # KERNELWRIGHT_CEILINGS: measure, quick or off (machine_ceilings)
 
 
 SandboxOpt = typer.Option("process", "--sandbox", help="process (fork server, OS limits) or docker (a container per evaluation)")
@@ -99,7 +100,7 @@ def options(db: str | None, device: str, timeout: float | None, sandbox: str = "
         db=db or s["db"], device=device, timeout_s=t, cache_dir=Path(s["cache"]).expanduser(),
         workdir=Path(s["workdir"] or Path(tempfile.gettempdir()) / "kernelwright"),
         memory_bytes=int(s["memory_gb"] * (1 << 30)) or None, threads=threads,
-        isolate=s["isolate"], sandbox=sandbox, image=image, timing_cpus=timing_cpus,
+        isolate=s["isolate"], sandbox=sandbox, image=image, timing_cpus=timing_cpus, ceilings=s["ceilings"],
     )
 
 
@@ -121,11 +122,42 @@ def _docker_image(image: str | None) -> str:
     return image
 
 
+def machine_ceilings(opts: Options, store: Any = None) -> Any:
+    """On a CPU device, the ceilings of the cores and thread count evaluations time on: from the
+    store (opts.db, unless given one), measured and stored when it has none. None on a GPU or
+    with KERNELWRIGHT_CEILINGS=off. Call before anything is timed: a measurement wants the
+    cores to itself (a few seconds)."""
+    if opts.device != "cpu" or opts.ceilings == "off":
+        return None
+    from evaluator import ceilings
+    from sandbox.cpus import usable
+    from store.ceilings import load_ceilings, save_ceilings
+
+    cores, own = opts.timing_cpus or usable(), store is None
+    fingerprint_id = ceilings.cpu_fingerprint_id(opts.threads)
+    store = open_store(opts.db) if own else store
+    try:
+        found = load_ceilings(store, fingerprint_id, cores, opts.threads)
+        if found is None or (opts.ceilings == "measure" and found.details.get("quick")):  # tests' figures
+            sizes = ceilings.Sizes.tiny() if opts.ceilings == "quick" else ceilings.Sizes()
+            try:
+                found = ceilings.measure(cores, opts.threads, fingerprint_id=fingerprint_id, sizes=sizes,
+                                         cache_dir=opts.cache_dir)
+            except ceilings.CeilingError as e:
+                raise UserError(f"measuring this machine's ceilings: {e} (KERNELWRIGHT_CEILINGS=off goes without)") from None
+            save_ceilings(store, found)
+        return found
+    finally:
+        if own:
+            store.close()
+
+
 @contextlib.contextmanager
 def evaluator(opts: Options, **eval_kw: Any) -> Iterator[Any]:
     from evaluator.cascade import EvalConfig, Evaluator
     from sandbox.process import ProcessSandbox, SandboxConfig
 
+    eval_kw.setdefault("ceilings", machine_ceilings(opts))  # before the sandbox starts anything
     sb_cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
                            threads=opts.threads, isolate=opts.isolate, device=opts.device,
                            timing_cpus=opts.timing_cpus)

@@ -15,6 +15,12 @@ class Setting:
     help: str
 
 
+def _ceilings_mode(raw: str) -> str:
+    if raw.lower() not in ("measure", "quick", "off"):
+        raise ValueError(raw)
+    return raw.lower()
+
+
 SETTINGS: dict[str, Setting] = {
     "db": Setting("KERNELWRIGHT_DB", "kernelwright.db", str, "store: SQLite path or SQLAlchemy URL"),
     "cache": Setting("KERNELWRIGHT_CACHE", str(Path.home() / ".cache" / "kernelwright"), str,
@@ -28,6 +34,10 @@ SETTINGS: dict[str, Setting] = {
                            "upper half), all (timing has the whole machine, one evaluation at a time), or 2,3"),
     "isolate": Setting("KERNELWRIGHT_ISOLATE", True, lambda s: s.lower() not in ("0", "false", "no"),
                        "namespaces for workers where the OS allows"),
+    "ceilings": Setting("KERNELWRIGHT_CEILINGS", "measure", _ceilings_mode,
+                        "CPU device: the machine's ceilings, read from the store or measured when missing "
+                        "(measure), measured with tiny sizes (quick: tests; not ceilings), or none (off: no "
+                        "peak fraction and no physical-bound gate)"),
     "base_url": Setting("OPENAI_BASE_URL", "", str, "OpenAI-compatible endpoint"),
     "model": Setting("KERNELWRIGHT_MODEL", "", str, "LLM model name"),
 }

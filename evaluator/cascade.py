@@ -16,7 +16,8 @@ from typing import Any, Iterator
 
 import torch
 
-from evaluator import coverage, fingerprint, rounds, rules, static, timing_checks
+from evaluator import coverage, fingerprint, roofline, rounds, rules, static, timing_checks
+from evaluator.ceilings import Ceilings
 from evaluator.compare import Tolerance, compare, degenerate
 from evaluator.devicelock import DeviceLock
 from evaluator.inputs import TRANSFORMS, derive_seed, make_inputs
@@ -25,6 +26,7 @@ from evaluator.verdict import Status, Timing, Trial, Verdict
 from sandbox import ptxas
 from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
 from sandbox.protocol import ProtocolError, unpack_tree
+from tasks import work as task_work
 from tasks.spec import Task
 
 
@@ -37,7 +39,7 @@ class TimingConfig:
     early_iters: int = 5  # a candidate slower than `slow_ms` after this many calls stops early
     round_ms: float = 10.0  # a timing round lasts about this long (evaluator/rounds.py)
     min_rounds: int = 5
-    max_rounds: int = 200
+    max_rounds: int = 1000
     reference_max_age_s: float = 120.0  # re-time the reference after this: load and clocks drift
     reference_windows: int = 3  # the reference's figure pools this many recent windows (reference.py)
 
@@ -52,6 +54,9 @@ class EvalConfig:
     policy: rules.Policy = rules.Policy()
     seed: int | None = None  # None: a secret random seed for this evaluator
     compare_compile: bool = True  # on GPUs, also time torch.compile(Model) where the task allows
+    # The machine's ceilings for the timing cores and threads (evaluator/ceilings.py): with them an
+    # ok verdict carries its peak fraction and a time beyond them is rejected; None: neither.
+    ceilings: Ceilings | None = None
 
 
 class _Fail(Exception):
@@ -69,6 +74,8 @@ class Evaluator:
         self._refs: dict[str, ReferenceSession] = {}
         self._modules: dict[str, Any] = {}
         self._task_flags: dict[str, list[str]] = {}
+        self._work: dict[str, task_work.Work | str] = {}  # per task: its work, or why there is none
+        self._work_lock = threading.Lock()  # apart from _lock: deriving runs the reference once
         self._host = {**fingerprint.host(cfg.device, sandbox.cfg.threads),
                       "sandbox": getattr(sandbox, "description", "process")}  # not part of the id
         self._lock = threading.Lock()  # several candidates may be evaluated at once (threads)
@@ -126,6 +133,17 @@ class Evaluator:
             if task.source_hash not in self._modules:
                 self._modules[task.source_hash] = task.load_module()
             return self._modules[task.source_hash]
+
+    def work(self, task: Task) -> task_work.Work | str:
+        """The task's work at its default shape (the timed one), once per task; a string says
+        why there is none (a reference the FLOP counter cannot run), and the verdicts go without."""
+        with self._work_lock:
+            if task.source_hash not in self._work:
+                try:
+                    self._work[task.source_hash] = task_work.work(task)
+                except Exception as e:  # noqa: BLE001 - task code: no figures, not a failed evaluation
+                    self._work[task.source_hash] = f"no peak fraction: the task's work: {type(e).__name__}: {e}"[:300]
+            return self._work[task.source_hash]
 
     def fingerprint(self, task: Task) -> dict[str, Any]:
         return fingerprint.with_device(self._host, self.reference(task).device_info)
@@ -196,7 +214,7 @@ class Evaluator:
                        reference=run.ref_timing if status is Status.OK else None,
                        reference_compiled=run.compiled_timing if status is Status.OK else None,
                        flags=tuple(flags), fingerprint=fp, stages=stages, log=(run.log + log)[-8000:],
-                       coverage=run.coverage)
+                       coverage=run.coverage, **(run.peak if status is Status.OK else {}))
 
 
 class _CandidateRun:
@@ -218,6 +236,8 @@ class _CandidateRun:
         self.compiled_timing: Timing | None = None
         self.rounds = rounds.Rounds()
         self.coverage: coverage.Coverage | None = None
+        self.work: task_work.Work | None = None
+        self.peak: dict[str, Any] = {}  # the Verdict's peak_fraction, bound, reference_peak_fraction
         self._variant: Any = "unset"
 
     def call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
@@ -234,6 +254,10 @@ class _CandidateRun:
             t = time.monotonic()
             first = self.correctness()
             self.stages["correctness"] = time.monotonic() - t
+            if self.ev.cfg.ceilings is not None:  # derived here, never during a timing phase
+                found = self.ev.work(self.task)
+                self.work = found if isinstance(found, task_work.Work) else None
+                self.flags += [found] if isinstance(found, str) else []
         t = time.monotonic()
         with self.ev.timing_phase():
             self.stages["timing_wait"] = time.monotonic() - t
@@ -245,6 +269,21 @@ class _CandidateRun:
             self.final_check(first)
         # last: a kernel that is wrong is incorrect before it is anything else
         self._reject(coverage.check(self.coverage, self.ev.cfg.policy.min_coverage))
+        self._roofline()
+
+    def _roofline(self) -> None:
+        """Peak fractions of both sides' medians; the physical-bound gate on the candidate's."""
+        c, w, ms = self.ev.cfg.ceilings, self.work, self.timing.median_ms if self.timing else 0.0
+        if c is None or w is None:
+            return
+        if not ms > 0:  # a median of nothing beyond the round's overhead: no ceiling allows that
+            self._reject(f"beyond_roofline: a median of {ms:.3g} ms per call for {w.bytes:.4g} bytes and "
+                         f"{w.flops:.4g} FLOPs ({w.source} work)")
+        fraction, bound = roofline.peak_fraction(w, c, ms)
+        ref_ms = self.ref_timing.median_ms if self.ref_timing else 0.0
+        self.peak = {"peak_fraction": fraction, "bound": bound,
+                     "reference_peak_fraction": roofline.peak_fraction(w, c, ref_ms)[0] if ref_ms > 0 else None}
+        self._reject(roofline.beyond_roofline(w, c, ms))
 
     def load(self) -> None:
         _, hello, _ = self.w.receive(self.deadline)
@@ -282,6 +321,9 @@ class _CandidateRun:
         sent = [a for a in args if isinstance(a, torch.Tensor)]
         if len(after) != len(sent) or not all(_same_bytes(a, b) for a, b in zip(after, sent)):
             raise _Fail(Status.REJECTED, f"inputs_mutated: forward changed its input tensors [{name}]")
+        spent = meta.get("report", {}).get("gpu_kernel_us")
+        if self.device == "cuda" and isinstance(spent, dict) and self.coverage is None:
+            self.coverage = coverage.from_gpu_profile({str(k): float(v) for k, v in spent.items()}, self.kernel_names)
         if meta.get("report", {}).get("native_threads_added", 0) > 0 and self.trials:
             self.flags.append("thread_growth: native threads kept appearing after the first call")
         return got
@@ -340,7 +382,7 @@ class _CandidateRun:
                 self.flags.append(f"coverage unavailable: {watch.unavailable}")
                 return
             r = self.rounds
-            rounds.sampled_round(self.call, params, r.last_index + 1, self.timing.median_ms, r.bytes_per_call,
+            rounds.sampled_round(self._round_call(), params, r.last_index + 1, self.timing.median_ms, r.bytes_per_call,
                                  watch.window)
             torch_ext = str(self.ev.sandbox.cfg.cache_dir / "torch_ext") + "/"  # load_inline's builds
             self.coverage = watch.result([b.path for b in self.w.builds if b.ok and b.path], own_prefix=torch_ext)
@@ -351,7 +393,7 @@ class _CandidateRun:
         for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
             self.go_cpu = [0.0, 0.0, True]  # CPU and wall seconds inside the rounds; measurable
             try:
-                r = rounds.measure(self.call, params, overhead, slow_ms, self._round_window)
+                r = rounds.measure(self._round_call(), params, overhead, slow_ms, self._round_window)
             except (KeyError, TypeError, ValueError) as e:
                 raise WorkerDied(f"protocol violation in a timing round: {e}") from None
             self.rounds, self.timing = r, timing_from_rounds(r, overhead)
@@ -376,6 +418,14 @@ class _CandidateRun:
         if cand.early_exit:
             self.flags.append(f"early_exit: stopped after {sum(cand.calls)} calls, clearly slower than the best")
         return params
+
+    def _round_call(self) -> Any:
+        """self.call for evaluator/rounds.py, with a timed form for the rounds' "go"."""
+        def call(kind: str, meta: dict[str, Any]) -> tuple[str, dict, list]:
+            return self.call(kind, meta)
+
+        call.timed = lambda kind, meta: self.w.call_timed(kind, meta, deadline=self.deadline)  # type: ignore[attr-defined]
+        return call
 
     @contextlib.contextmanager
     def _round_window(self) -> Iterator[None]:

@@ -123,6 +123,14 @@ class ReferenceSession:
             except (WorkerDied, WorkerTimeout, WorkerError) as e:
                 raise ReferenceFailed(f"the reference Model failed ({kind}): {e}") from None
 
+        def timed(kind: str, meta: dict[str, Any]) -> tuple[str, dict, list, float]:
+            try:
+                return worker.call_timed(kind, meta, deadline=deadline)
+            except (WorkerDied, WorkerTimeout, WorkerError) as e:
+                raise ReferenceFailed(f"the reference Model failed ({kind}): {e}") from None
+
+        call.timed = timed  # type: ignore[attr-defined]  # rounds' "go": the arrival read in C
+
         r = rounds.measure(call, {**params, "variant": variant})
         self._call("cores", {"timing": False})
         if params.get("variant") is None and not params.get("compiled"):

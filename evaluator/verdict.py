@@ -111,6 +111,11 @@ class Verdict:
     log: str = ""  # tail of the worker's stdout/stderr, for repair prompts; untrusted text
     resources: tuple[dict[str, Any], ...] = ()  # ptxas's per-kernel report of the CUDA builds
     coverage: Coverage | None = None  # where the timed rounds' CPU time went, sampled from outside
+    # ok verdicts measured against the machine's ceilings (evaluator/roofline.py): the share of
+    # peak the candidate reached, whether memory or compute bounds it, and eager's share
+    peak_fraction: float | None = None
+    bound: str | None = None  # "memory" or "compute"
+    reference_peak_fraction: float | None = None
 
     @property
     def correct(self) -> bool:
@@ -162,6 +167,9 @@ class Verdict:
             "resources": [dict(r) for r in self.resources],
             "coverage": self.coverage.share if self.coverage else None,
             "attribution": self.coverage.to_json() if self.coverage else None,
+            "peak_fraction": self.peak_fraction,
+            "bound": self.bound,
+            "reference_peak_fraction": self.reference_peak_fraction,
         }
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from sandbox import binscreen
 from sandbox import env as envmod
-from sandbox import protocol
+from sandbox import protocol, stamped
 from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
 from sandbox import cpus as placement
 from sandbox.limits import Cgroup, total_memory
@@ -177,6 +177,7 @@ class Worker:
         self.notes: list[str] = []
         self.arch_override: str | None = None  # compile-only: build CUDA for this target
         self._closed = False
+        self._reader: Any = "unset"  # sandbox/stamped.py's reader, once built
 
     def proc_cpu_seconds(self) -> float | None:
         """CPU time of everything the worker runs, from outside it; None where not measurable."""
@@ -193,10 +194,30 @@ class Worker:
             raise WorkerDied(self.describe_exit()) from None
         return self.receive(deadline)
 
-    def receive(self, deadline: float | None) -> tuple[str, dict[str, Any], list[Any]]:
+    def call_timed(self, kind: str, meta: dict[str, Any], deadline: float | None = None
+                   ) -> tuple[str, dict[str, Any], list[Any], float]:
+        """call, and the round trip in ms by the supervisor's clock: read just before the request
+        goes out and, in C without the GIL (sandbox/stamped.py), when the answer is in; a busy
+        supervisor (other evaluations' threads) adds nothing to it."""
+        if self._reader == "unset":
+            self._reader = stamped.reader(self.sandbox)
+        t0 = time.monotonic_ns()
+        try:
+            protocol.send(self.sock, kind, meta)
+        except OSError:
+            raise WorkerDied(self.describe_exit()) from None
+        stamp: list[int] = []
+        rkind, rmeta, rtensors = self.receive(deadline, stamp)
+        return rkind, rmeta, rtensors, (stamp[0] - t0) / 1e6
+
+    def receive(self, deadline: float | None, stamp: list[int] | None = None) -> tuple[str, dict[str, Any], list[Any]]:
         while True:
             try:
-                kind, meta, tensors = protocol.recv(self.sock, deadline)
+                if stamp is None:
+                    kind, meta, tensors = protocol.recv(self.sock, deadline)
+                else:
+                    kind, meta, tensors, at = protocol.recv_stamped(self.sock, deadline, self._reader)
+                    stamp[:] = [at]
             except protocol.Deadline:
                 raise WorkerTimeout("no answer before the deadline") from None
             except protocol.PeerClosed:

@@ -86,16 +86,46 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytearra
 def recv(sock: socket.socket, deadline: float | None = None,
          max_bytes: int = 8 << 30) -> tuple[str, dict[str, Any], list[Any]]:
     """Read one frame: (kind, meta, tensors). Raises ProtocolError, PeerClosed or Deadline."""
-    import torch
-
     head = _recv_exact(sock, 8, deadline)
     if bytes(head[:4]) != MAGIC:
         raise ProtocolError("bad frame magic")
     (n,) = struct.unpack("<I", head[4:])
     if n > MAX_HEADER:
         raise ProtocolError(f"frame header too large ({n} bytes)")
+    return _rest(sock, bytes(_recv_exact(sock, n, deadline)), deadline, max_bytes)
+
+
+_READ_ERRORS = {-1: PeerClosed("the worker closed the connection"), -2: Deadline("no answer in time"),
+                -3: ProtocolError("bad frame magic"), -4: ProtocolError("frame header too large"),
+                -5: ProtocolError("socket error")}
+
+
+def recv_stamped(sock: socket.socket, deadline: float | None, read_header: Any,
+                 max_bytes: int = 8 << 30) -> tuple[str, dict[str, Any], list[Any], int]:
+    """recv, and the CLOCK_MONOTONIC time (ns) at which the frame's header had fully arrived,
+    read in C without the GIL by `read_header` (sandbox/stamped.py), or in Python without it."""
+    if read_header is None:
+        kind, meta, tensors = recv(sock, deadline, max_bytes)
+        return kind, meta, tensors, time.monotonic_ns()
+    import ctypes
+
+    buf = ctypes.create_string_buffer(MAX_HEADER)
+    stamp = ctypes.c_longlong(0)
+    left = (deadline - time.monotonic()) if deadline is not None else 1e9
+    n = read_header(sock.fileno(), buf, MAX_HEADER, time.monotonic_ns() + int(max(left, 0) * 1e9), ctypes.byref(stamp))
+    if n < 0:
+        raise _READ_ERRORS.get(n, ProtocolError("socket error"))
+    kind, meta, tensors = _rest(sock, buf.raw[:n], deadline, max_bytes)
+    return kind, meta, tensors, stamp.value
+
+
+def _rest(sock: socket.socket, raw: bytes, deadline: float | None,
+          max_bytes: int) -> tuple[str, dict[str, Any], list[Any]]:
+    """A frame after its head: the JSON header (given), then its tensors (read)."""
+    import torch
+
     try:
-        header = json.loads(bytes(_recv_exact(sock, n, deadline)))
+        header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProtocolError(f"frame header is not JSON: {e}") from None
     if not isinstance(header, dict) or not isinstance(header.get("kind"), str):
@@ -120,8 +150,8 @@ def recv(sock: socket.socket, deadline: float | None = None,
         if size == 0:
             tensors.append(torch.empty(spec["shape"], dtype=dtype))
             continue
-        raw = _recv_exact(sock, size, deadline)
-        tensors.append(torch.frombuffer(raw, dtype=dtype).reshape(spec["shape"]))
+        raw_t = _recv_exact(sock, size, deadline)
+        tensors.append(torch.frombuffer(raw_t, dtype=dtype).reshape(spec["shape"]))
     return header["kind"], meta, tensors
 
 

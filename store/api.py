@@ -29,7 +29,8 @@ MIN_PREFIX = 4
 _RANKED = (col(Evaluation.id).label("id"), col(Evaluation.candidate_id).label("candidate_id"),
            col(Evaluation.status).label("status"), col(Evaluation.correct).label("correct"),
            col(Evaluation.speedup).label("speedup"), col(Evaluation.candidate_ms).label("candidate_ms"),
-           col(Evaluation.reference_ms).label("reference_ms"))
+           col(Evaluation.reference_ms).label("reference_ms"), col(Evaluation.peak_fraction).label("peak_fraction"),
+           col(Evaluation.bound).label("bound"))
 _Row = TypeVar("_Row", Task, Candidate)
 
 
@@ -202,7 +203,7 @@ class Store:
                         "measurements": st.measurements, "candidate_id": st.candidate_id, "evaluation_id": e.id,
                         "fingerprint_id": e.fingerprint_id, "device": e.device, "origin": e.origin,
                         "candidate_ms": st.candidate_ms, "reference_ms": st.reference_ms,
-                        "created_at": iso(e.created_at)})
+                        "peak_fraction": st.peak_fraction, "bound": st.bound, "created_at": iso(e.created_at)})
         return sorted(out, key=lambda r: (r["task"], r["task_id"]))
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -252,7 +253,8 @@ class Store:
             out[tid]["candidates"] = len({e.candidate_id for e in es})
             if (st := ranking.leader(ranking.standings(es).values())) is not None:
                 out[tid].update(best_speedup=st.speedup, best_candidate_id=st.candidate_id,
-                                    best_measurements=st.measurements)
+                                    best_measurements=st.measurements, best_peak_fraction=st.peak_fraction,
+                                    best_bound=st.bound)
         return out
 
     def run_spend(self, run_id: int, task_id: int | None = None) -> dict[str, Any]:
@@ -320,7 +322,8 @@ class Store:
             return [{"id": e.id, "run_id": e.run_id, "task_id": tid, "task": name, "candidate_id": e.candidate_id,
                      "origin": origin, "parent_id": parent, "status": e.status, "reason": e.reason,
                      "correct": e.correct, "speedup": e.speedup, "candidate_ms": e.candidate_ms,
-                     "reference_ms": e.reference_ms, "reward": e.reward, "strategy": e.strategy,
+                     "reference_ms": e.reference_ms, "peak_fraction": e.peak_fraction, "bound": e.bound,
+                     "reference_peak_fraction": e.reference_peak_fraction, "reward": e.reward, "strategy": e.strategy,
                      "device": e.device, "fingerprint_id": e.fingerprint_id, "created_at": iso(e.created_at)}
                     for e, origin, parent, tid, name in s.exec(query)]
 

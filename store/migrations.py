@@ -201,3 +201,35 @@ def m003_coverage(conn: Connection) -> None:
     for name, kind in (("coverage", Float()), ("attribution", Text())):
         conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))
 
+
+@migration
+def m004_ceilings(conn: Connection) -> None:
+    """The machine's measured ceilings (evaluator/ceilings.py), per device fingerprint, cores and
+    thread count; a new measurement is a new row, the newest counts."""
+    md = MetaData()
+    Table(
+        "ceilings", md,
+        Column("id", Integer, primary_key=True),
+        Column("fingerprint_id", String, nullable=False),
+        Column("device", String, nullable=False),
+        Column("cores", String, nullable=False),
+        Column("threads", Integer, nullable=False),
+        Column("copy_gbs", Float, nullable=False),
+        Column("read_gbs", Float, nullable=False),
+        Column("copy_gbs_cached", Float, nullable=False),
+        Column("read_gbs_cached", Float, nullable=False),
+        Column("fma_gflops", Float, nullable=False),
+        Column("llc_bytes", BigInteger, nullable=False),
+        Column("details", Text, nullable=False),
+        Column("measured_at", DateTime(timezone=True), nullable=False),
+        Index("ix_ceilings_lookup", "fingerprint_id", "cores", "threads"),
+    )
+    md.create_all(conn, checkfirst=False)
+
+
+@migration
+def m005_peak_fraction(conn: Connection) -> None:
+    """Per ok evaluation: the share of the machine's peak the candidate reached, what bounds it
+    (memory or compute), and the reference's share (evaluator/roofline.py)."""
+    for name, kind in (("peak_fraction", Float()), ("bound", String()), ("reference_peak_fraction", Float())):
+        conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))

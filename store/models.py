@@ -102,6 +102,10 @@ class Evaluation(SQLModel, table=True):
     # m003: the share of the timed calls' CPU samples in the candidate's own code, and its breakdown (JSON)
     coverage: float | None = None
     attribution: str | None = _text(nullable=True)
+    # m005: the share of the machine's peak reached (ok verdicts), memory or compute, and eager's share
+    peak_fraction: float | None = None
+    bound: str | None = None
+    reference_peak_fraction: float | None = None
 
 
 class LLMCall(SQLModel, table=True):
@@ -127,3 +131,23 @@ class LLMCall(SQLModel, table=True):
     error: str = _text()
     created_at: dt.datetime = Field(default_factory=utcnow)
 
+
+class Ceiling(SQLModel, table=True):
+    """One measurement of a machine's ceilings for some cores and threads (m004; evaluator/ceilings.py)."""
+
+    __tablename__ = "ceilings"
+    __table_args__ = (Index("ix_ceilings_lookup", "fingerprint_id", "cores", "threads"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    fingerprint_id: str
+    device: str
+    cores: str  # "1" or "2,3": the cores measured, sorted ("" on a GPU)
+    threads: int
+    copy_gbs: float
+    read_gbs: float
+    copy_gbs_cached: float
+    read_gbs_cached: float
+    fma_gflops: float
+    llc_bytes: int = Field(sa_column=Column(BigInteger, nullable=False))
+    details: str = _text()  # JSON object
+    measured_at: dt.datetime = Field(default_factory=utcnow)

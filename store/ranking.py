@@ -23,15 +23,23 @@ class Standing:
     reference_ms: float | None
     measurements: int
     first: Any  # the earliest evaluation (ties go to the earliest candidate)
+    peak_fraction: float | None = None  # median of the measurements that have one (evaluator/roofline.py)
+    bound: str | None = None  # of the latest measurement with a peak fraction
 
 
 def _get(e: Any, name: str) -> Any:
     return e[name] if isinstance(e, Mapping) else getattr(e, name)
 
 
+def _maybe(e: Any, name: str) -> Any:
+    """A field rows from before it existed may lack (peak_fraction, bound)."""
+    return e.get(name) if isinstance(e, Mapping) else getattr(e, name, None)
+
+
 def standings(evaluations: Iterable[Any]) -> dict[str, Standing]:
     """Per candidate id, its standing over the given evaluations (ORM rows or dicts with
-    candidate_id, id, status, correct, speedup, candidate_ms, reference_ms), if it ranks."""
+    candidate_id, id, status, correct, speedup, candidate_ms, reference_ms; peak_fraction and bound
+    where they have them), if it ranks."""
     groups: dict[str, list[Any]] = {}
     for e in evaluations:
         groups.setdefault(_get(e, "candidate_id"), []).append(e)
@@ -45,9 +53,12 @@ def standings(evaluations: Iterable[Any]) -> dict[str, Standing]:
             continue
         ms = [x for e in timed if (x := _get(e, "candidate_ms")) is not None]
         ref = [x for e in timed if (x := _get(e, "reference_ms")) is not None]
+        peaks = [e for e in timed if _maybe(e, "peak_fraction") is not None]
         out[cid] = Standing(cid, statistics.median(_get(e, "speedup") for e in timed),
                             statistics.median(ms) if ms else None, statistics.median(ref) if ref else None,
-                            len(timed), timed[0])
+                            len(timed), timed[0],
+                            statistics.median(_maybe(e, "peak_fraction") for e in peaks) if peaks else None,
+                            _maybe(peaks[-1], "bound") if peaks else None)
     return out
 
 

@@ -17,7 +17,8 @@ from store.models import Candidate, Evaluation, LLMCall, Run, Task
 
 CANDIDATE_ID_LEN = 12
 _FLOAT_FIELDS = ("speedup", "candidate_ms", "reference_ms", "candidate_spread_ms", "reference_spread_ms",
-                 "reference_compiled_ms", "speedup_vs_compile", "coverage")
+                 "reference_compiled_ms", "speedup_vs_compile", "coverage", "peak_fraction",
+                 "reference_peak_fraction")
 
 
 def sha256_hex(text: str) -> str:
@@ -81,7 +82,14 @@ def evaluation_row(candidate: str, run_id: int | None, verdict: Mapping[str, Any
         log=str(verdict.get("log") or ""),
         resources=encode("verdict resources", list(verdict["resources"])) if "resources" in verdict else None,
         attribution=encode("verdict attribution", dict(verdict["attribution"])) if verdict.get("attribution") else None,
+        bound=_bound(verdict.get("bound")),
     )
+
+
+def _bound(value: Any) -> str | None:
+    if value not in (None, "memory", "compute"):
+        raise StoreError(f"verdict bound must be memory, compute or null, not {value!r}")
+    return value
 
 
 def task_dict(t: Task) -> dict[str, Any]:
@@ -110,7 +118,7 @@ def evaluation_dict(e: Evaluation) -> dict[str, Any]:
             "fingerprint_id": e.fingerprint_id, "device": e.device, "log": e.log,
             "reward": e.reward, "reward_note": e.reward_note, "strategy": e.strategy,
             "resources": decode(e.resources), "attribution": decode(e.attribution),
-            "created_at": iso(e.created_at)}
+            "bound": e.bound, "created_at": iso(e.created_at)}
 
 
 LLM_CALL_STATUSES = ("ok", "api_error", "format_error")

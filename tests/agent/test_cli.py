@@ -38,11 +38,22 @@ def test_eval_json_is_stored(work):
     for key in ("status", "reason", "correct", "speedup", "candidate_ms", "reference_ms", "flags", "candidate_id"):
         assert key in out
     assert out["status"] == "ok" and out["correct"] and out["speedup"] > 0
+    # the ceilings were measured (quick: tests/conftest.py), stored, and every ok verdict is against them
+    assert 0 < out["peak_fraction"] <= 1 and out["bound"] in ("memory", "compute") and out["reference_peak_fraction"] > 0
+    text = kw("eval", str(DATA / "softmax_small.py"), "fast.py", cwd=tmp, cache=cache)
+    assert text.returncode == 0 and "of peak (" in text.stdout and "-bound; eager " in text.stdout, text.stdout
+    from sqlmodel import Session, select
+
     from store import Store
+    from store.models import Ceiling
 
     with Store.open(str(tmp / "kernelwright.db"), tmp / "kernelwright.db") as store:
         assert store.candidate(out["candidate_id"])["source"] == FAST
         assert store.evaluations(out["candidate_id"])[0]["status"] == "ok"
+        assert store.evaluations(out["candidate_id"])[0]["peak_fraction"] == out["peak_fraction"]
+        with Session(store.engine) as s:
+            (stored,) = s.exec(select(Ceiling)).all()
+        assert json.loads(stored.details)["quick"] is True  # measured once, then read from the store
     r = kw("eval", str(DATA / "softmax_small.py"), "wrong.py", "--json", "--db", str(tmp / "other.db"), cwd=tmp, cache=cache)
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "incorrect"
     assert (tmp / "other.db").exists()

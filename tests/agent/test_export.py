@@ -77,6 +77,7 @@ def test_the_manifest_names_the_best_kernel_of_every_task(db: Path, exported: Pa
             source = store.candidate(e["candidate_id"])["source"]
             assert e["source_hash"] == hashlib.sha256(source.encode()).hexdigest()
             assert e["fingerprint"]["id"] == e["fingerprint_id"] and e["device"] == "cpu"
+            assert 0 < e["peak_fraction"] <= 1 and (e["peak_fraction"], e["bound"]) == (row["peak_fraction"], row["bound"])
             assert e["inputs"] == [{"kind": "tensor", "dtype": "float32", "ndim": 2, "device": "cpu", "pinned": False}]
             kernel = (exported / "kwk" / "kernels" / f"{e['module']}.py").read_text()
             assert kernel == source.replace("from sandbox import fastpath", "from .. import _runtime as fastpath")

@@ -13,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from rich.console import Console
+
+from agent.display import peak_short, summary_table
 from agent.llm import LLMClient, LLMConfig
 from agent.optimize import OptimizeConfig, Optimizer
 from store import Store
@@ -106,7 +109,8 @@ def test_the_leader_is_measured_again_after_the_budget(evaluator, tmp_path):
     store = Store.open(str(tmp_path / "kw.db"), tmp_path / "kw.db")
     run = store.start_run("optimize", {}, "cpu")
     cfg = OptimizeConfig(budget=3, confirm=2)
-    (t,) = Optimizer(store, evaluator, [task], cfg, run).run()["tasks"]
+    summary = Optimizer(store, evaluator, [task], cfg, run).run()
+    (t,) = summary["tasks"]
     tid = store.upsert_task(task.name, task.meta.suite, task.source, "")
     history = store.task_history(tid, run)
     evals = {h["id"]: store.evaluations(h["id"]) for h in history}
@@ -118,6 +122,11 @@ def test_the_leader_is_measured_again_after_the_budget(evaluator, tmp_path):
     leader = t["best_candidate_id"]
     speeds = sorted(e["speedup"] for e in evals[leader])
     assert t["measurements"] == len(speeds) and t["best_speedup"] == pytest.approx(sum(speeds) / len(speeds))
+    peaks = sorted(e["peak_fraction"] for e in evals[leader])  # the evaluator has ceilings (tests/conftest.py)
+    assert t["best_peak_fraction"] == pytest.approx(sum(peaks) / len(peaks)) and t["best_bound"] == "memory"
+    console = Console(width=200, record=True)
+    console.print(summary_table(summary))
+    assert peak_short(t["best_peak_fraction"], "memory") in console.export_text()
     assert len(speeds) == 2 or len(again) == 2
     (best,) = store.best(task.name)
     assert (best["candidate_id"], best["measurements"]) == (leader, len(speeds))

@@ -165,6 +165,21 @@ def test_contrastive_shows_each_exemplar_slowest_first():
     assert "faster than all of them" in text and "performance analysis" in text
 
 
+def test_contrastive_states_the_headroom_to_the_ceilings():
+    exemplars = [Exemplar("fast", kernel("FAST"), "ok", 2.5, peak_fraction=0.31, bound="memory",
+                          reference_peak_fraction=0.12),
+                 Exemplar("slow", kernel("SLOW"), "ok", 0.5, peak_fraction=0.06, bound="memory",
+                          reference_peak_fraction=0.13)]
+    text = user(contrastive(TASK, CPU, "relu", exemplars))
+    line = next(ln for ln in text.splitlines() if ln.startswith("Roofline:"))
+    assert "PyTorch eager reaches 12%" in line and "(fast) 31%" in line and "memory bandwidth" in line
+    assert text.index(line) < text.index("# SLOW\n")  # before the exemplars it sums up
+    compute = [Exemplar("mm", kernel("MM"), "ok", 1.2, peak_fraction=0.5, bound="compute", reference_peak_fraction=0.4)]
+    assert "fp32 FMA throughput" in user(contrastive(TASK, CPU, "relu", compute))
+    # measured without ceilings: nothing to say
+    assert "Roofline:" not in user(contrastive(TASK, CPU, "relu", [Exemplar("a", kernel("A"), "ok", 1.1)]))
+
+
 def test_contrastive_shows_negatives_as_what_not_to_do():
     negatives = [Exemplar("cheat1", kernel("CHEAT1"), "rejected", None,
                           reason="pytorch_compute: forward ran PyTorch ops instead of its own kernel (aten::relu)"),

@@ -50,6 +50,7 @@ def test_best_json_is_the_leaderboard(db: Path, store: Store):
         assert (r["speedup"], r["candidate_id"], r["fingerprint_id"], r["evaluation_id"]) == (
             want["speedup"], want["candidate_id"], want["fingerprint_id"], want["evaluation_id"])
         assert r["device"] == "cpu" and r["created_at"]
+        assert 0 < r["peak_fraction"] <= 1 and r["peak_fraction"] == want["peak_fraction"] and r["bound"] == want["bound"]
         assert r["strategy"] == ("best-of-n" if r["task"] == "softmax_small" else f"tune:{OptimizeConfig().tuner}")
     code, out = kw("best", "--db", str(db), "--json", "--task", "rmsnorm")
     assert [r["task"] for r in json.loads(out)["tasks"]] == ["rmsnorm"]
@@ -65,6 +66,7 @@ def test_best_table_from_the_real_command(db: Path, store: Store, tmp_path: Path
     for row in store.best():
         line = next(ln for ln in r.stdout.splitlines() if row["candidate_id"] in ln)
         assert row["task"] in line and f"{row['speedup']:.2f}x" in line
+        assert f"{row['peak_fraction']:.0%} {'mem' if row['bound'] == 'memory' else 'fp32'}" in line
     bad = subprocess.run([sys.executable, "-m", "agent.cli", "best", "--db", str(db), "--device", "tpu"],
                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip() == "Error: unknown device 'tpu' (use cpu or cuda)"
@@ -94,6 +96,7 @@ def test_show_a_tuned_kernel_back_to_its_seed(db: Path, store: Store):
     assert code == 0
     assert "seed kernel" in out and "lineage" in out and "extern \"C\"" in out
     assert f"{best['speedup']:.2f}x" in out and "default/heavy" in out  # the verdict and its trials
+    assert f"peak {e['peak_fraction']:.0%} of peak ({e['bound']}-bound; eager {e['reference_peak_fraction']:.0%})" in out
 
 
 def test_show_an_llm_kernel_with_the_prompt_that_made_it(db: Path, store: Store):

@@ -30,6 +30,7 @@ def _full_verdict() -> Verdict:
         fingerprint={"id": "0123abcd4567", "device": "cpu", "cpu": "Test CPU", "threads": 4},
         stages={"static": 0.001, "compile": 0.4, "total": 1.2},
         log="a warning from the compiler",
+        peak_fraction=0.42, bound="memory", reference_peak_fraction=0.21,
         **timings,
     )
 

@@ -94,6 +94,26 @@ def test_nan_speedup_is_stored_as_null_and_nan_errors_survive(store: Store, task
     assert math.isnan(e["trials"][0]["errors"][0]["max_abs"])
 
 
+def test_peak_fractions_round_trip_and_the_best_carries_their_median(store: Store, task_id: int):
+    run = store.start_run("optimize", {}, "cpu")
+    peaks = {"bound": "memory", "reference_peak_fraction": 0.1}
+    cid, _ = store.record(task_id, SOURCE, verdict(peak_fraction=0.3, **peaks), origin="llm", run_id=run)
+    store.record(task_id, SOURCE, verdict(peak_fraction=0.5, **peaks), origin="llm", run_id=run)
+    store.record(task_id, SOURCE, verdict(peak_fraction=0.35, **peaks), origin="llm", run_id=run)
+    stored = store.evaluations(cid)
+    assert [(e["peak_fraction"], e["bound"], e["reference_peak_fraction"]) for e in stored] == [
+        (0.3, "memory", 0.1), (0.5, "memory", 0.1), (0.35, "memory", 0.1)]
+    (best,) = store.best()
+    assert (best["peak_fraction"], best["bound"]) == (0.35, "memory")  # the median, as the speedup's
+    progress = store.run_progress(run)[task_id]
+    assert (progress["best_peak_fraction"], progress["best_bound"]) == (0.35, "memory")
+    assert [r["peak_fraction"] for r in store.evaluation_rows(run)] == [0.3, 0.5, 0.35]
+    other, _ = store.record(task_id, SOURCE + "#\n", verdict(), origin="llm")  # measured without ceilings
+    assert store.evaluations(other)[0]["peak_fraction"] is None and store.evaluations(other)[0]["bound"] is None
+    with pytest.raises(StoreError, match="bound"):
+        store.record(task_id, SOURCE, verdict(peak_fraction=0.3, bound="fast"), origin="llm")
+
+
 def test_upsert_task_is_keyed_by_source_and_follows_renames(store: Store):
     a = store.upsert_task("softmax", "cpu", "src A", "a.py")
     assert store.upsert_task("softmax_v2", "gpu", "src A", "moved/a.py") == a

@@ -90,15 +90,16 @@ def test_seed_declares_knobs(task_path: Path, seed_path: Path):
 
 
 @pytest.fixture(scope="module")
-def paired_evaluator(sandbox):
+def paired_evaluator(sandbox, ceilings):
     """The shared sandbox, with the reference re-timed next to every candidate.
 
     The supervisor's wall-clock cross-check compares the candidate's per-call overhead (input
     generation, checksums) with the reference's; with the reference timing cached for minutes,
     a change in machine load between the two trips it on a busy box. Timing both back to back
-    keeps that check meaningful here.
+    keeps that check meaningful here. With the session's ceilings: every verdict's peak fraction.
     """
-    ev = Evaluator(sandbox, EvalConfig(timeout_s=60, timing=dataclasses.replace(FAST_TIMING, reference_max_age_s=0.0)))
+    ev = Evaluator(sandbox, EvalConfig(timeout_s=60, timing=dataclasses.replace(FAST_TIMING, reference_max_age_s=0.0),
+                                       ceilings=ceilings))
     yield ev
     ev.close()
 
@@ -115,3 +116,5 @@ def test_seed_passes_the_evaluator(paired_evaluator, task_path: Path, seed_path:
     assert verdict.status is Status.OK, f"{verdict.status.value}: {verdict.reason}\n{verdict.log[-2000:]}"
     assert verdict.speedup is not None and verdict.speedup > 0
     assert all(t.ok for t in verdict.trials)
+    assert 0 < verdict.peak_fraction <= 1 and verdict.bound in ("memory", "compute")
+    assert 0 < verdict.reference_peak_fraction <= 1

@@ -1,0 +1,75 @@
+"""The physical-bound gate and the peak fraction of ok verdicts (evaluator/roofline.py in the cascade).
+
+A task that declares far more work than its reference does makes an honest kernel's time
+impossibly short against the machine's ceilings: what a cached result or a forged clock would
+look like. The gate must reject it with the figures; the same kernel on the task's true work is
+ok with a peak fraction; a wrong kernel stays incorrect whatever the work says.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from evaluator.cascade import EvalConfig, Evaluator
+from evaluator.verdict import Status
+from tasks.spec import load_task
+from tests.conftest import FAST_TIMING
+from tests.data.candidates import FAST, slow
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+# a terabyte and a teraFLOP per call: seconds of work at any CPU's ceilings, for a kernel of microseconds
+CLAIM = '{"suite": "test", "flops": 1e12, "bytes": 1e12, '
+
+
+@pytest.fixture(scope="module")
+def gated(sandbox, ceilings):
+    ev = Evaluator(sandbox, EvalConfig(timeout_s=60, timing=FAST_TIMING, ceilings=ceilings))
+    yield ev
+    ev.close()
+
+
+@pytest.fixture(scope="module")
+def overclaimed(tmp_path_factory):
+    source = (DATA / "softmax_small.py").read_text()
+    assert '{"suite": "test", ' in source
+    path = tmp_path_factory.mktemp("overclaimed") / "softmax_overclaimed.py"
+    path.write_text(source.replace('{"suite": "test", ', CLAIM, 1))
+    task = load_task(path)
+    assert (task.meta.flops, task.meta.bytes) == (1e12, 1e12)
+    return task
+
+
+def test_an_honest_kernel_on_its_true_work_is_ok_with_a_peak_fraction(gated, small_task):
+    v = gated.evaluate(small_task, FAST)
+    assert v.status is Status.OK, v.reason
+    assert 0 < v.peak_fraction < 1 and v.bound in ("memory", "compute")
+    assert 0 < v.reference_peak_fraction < 1
+    out = v.to_json()
+    assert (out["peak_fraction"], out["bound"], out["reference_peak_fraction"]) == (
+        v.peak_fraction, v.bound, v.reference_peak_fraction)
+
+
+def test_a_time_beyond_the_ceilings_is_rejected_with_the_figures(gated, overclaimed):
+    v = gated.evaluate(overclaimed, FAST)
+    assert v.status is Status.REJECTED, (v.status, v.reason)
+    assert v.reason.startswith("beyond_roofline:") and "declared work" in v.reason and "1e+12" in v.reason
+    assert v.peak_fraction is None and v.speedup is None  # rejected: no figures to rank by
+    assert [t.name for t in v.trials][-1] == "final"  # every correctness check ran first
+
+
+def test_a_wrong_kernel_is_incorrect_before_it_is_beyond_the_roofline(gated, overclaimed):
+    wrong = slow(forward="\n        out = torch.empty_like(x)\n        _lib.softmax_slow(out, x, x.shape[0], 1)\n"
+                         "        return out")
+    v = gated.evaluate(overclaimed, wrong)
+    assert v.status is Status.INCORRECT, (v.status, v.reason)
+
+
+def test_without_ceilings_there_is_no_peak_fraction_and_no_gate(sandbox, overclaimed):
+    ev = Evaluator(sandbox, EvalConfig(timeout_s=60, timing=FAST_TIMING))
+    try:
+        v = ev.evaluate(overclaimed, FAST)
+    finally:
+        ev.close()
+    assert v.status is Status.OK, v.reason
+    assert (v.peak_fraction, v.bound, v.reference_peak_fraction) == (None, None, None)
