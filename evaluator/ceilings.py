@@ -283,6 +283,11 @@ def measure(cores: Sequence[int], threads: int, *, fingerprint_id: str = "", dev
     else:
         levels = [("L1", threads * l1, threads * l1 // 2), ("L2", threads * l2, threads * l2 // 4)]
         if max(caches, default=0) >= 3 and llc // 4 > threads * l2:
+            # a guest gets a slice of a shared last level, its size unknown (sysfs may tell the
+            # host's): probe 8 and 32 MiB on the way, each measured at half of what it stands for
+            for cap in (8 << 20, 32 << 20):
+                if threads * l2 < cap // 2 and cap < llc:
+                    levels.append((f"LLC{cap >> 20}M", cap, cap // 2))
             levels.append(("LLC", llc, llc // 4))
     uncached = sizes.uncached_bytes or min(int(sizes.llc_factor * llc), sizes.max_uncached_bytes)
     r, t = sizes.reps, threads
