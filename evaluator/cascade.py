@@ -264,7 +264,9 @@ class _CandidateRun:
             t = time.monotonic()
             params = self.time(slow_ms)
             self.stages["timing"] = time.monotonic() - t
-        with lock.shared():
+        with lock.shared():  # sampling needs no timing core: other candidates may be timed meanwhile
+            if self.device == "cpu":
+                self._attribute(params)
             self.validate_timed(params)
             self.final_check(first)
         # last: a kernel that is wrong is incorrect before it is anything else
@@ -368,8 +370,6 @@ class _CandidateRun:
         self.init(None)
         self.call("cores", {"timing": True})  # onto the timing cores for the rounds
         params = self._timed_rounds(params, overhead, slow_ms)
-        if self.device == "cpu":
-            self._attribute(params)
         self.call("cores", {"timing": False})
         return params
 

@@ -18,7 +18,7 @@ from typing import Any, Iterable, Iterator
 # either side (a tiny kernel's forward is mostly that), and the runtimes a kernel calls into and
 # PyTorch shares (libc, libm, libstdc++, OpenMP): a sample there says nothing of whose work it is.
 NEUTRAL = ("kernel", "python", "libc", "openmp")
-PERIOD_NS = 100_000  # 10 kHz: about 400 samples in the 40 ms round sampled (evaluator/rounds.py sampled_round)
+PERIOD_NS = 100_000  # 10 kHz: about 200 samples in the 20 ms round sampled (evaluator/rounds.py sampled_round)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,7 +88,7 @@ def _round(call: Call, params: dict[str, Any], first: int, calls: int,
 
 
 def sampled_round(call: Call, params: dict[str, Any], first: int, per_call_ms: float, bytes_per_call: int,
-                  window: Callable[[], ContextManager[Any]], length_ms: float = 40.0) -> int:
+                  window: Callable[[], ContextManager[Any]], length_ms: float = 20.0) -> int:
     """One more round, of about `length_ms`, without checksums, for the sampler of the worker's
     threads (evaluator/coverage.py): what it sees is the calls and the loop around them. Its time
     and outputs count for nothing. Returns how many calls it made."""
