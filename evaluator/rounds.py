@@ -112,7 +112,7 @@ def measure(call: Call, params: dict[str, Any], overhead: Overhead | None = None
     wall-clock time has passed (staging included), or max_iters calls. `overhead` None: this is
     the reference (trusted code), whose claims are its figure and whose overhead is measured
     here. `slow_ms`: stop after early_iters calls when clearly slower than that. `window`
-    wraps each "go" (the supervisor's sampler of the worker's threads)."""
+    wraps each timed "go" (the cascade reads the worker's cgroup CPU time around it)."""
     t_phase = time.perf_counter()
     r = Rounds()
     trusted = overhead is None
