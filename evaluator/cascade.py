@@ -23,7 +23,7 @@ from evaluator.devicelock import DeviceLock
 from evaluator.inputs import TRANSFORMS, derive_seed, make_inputs
 from evaluator.reference import ReferenceFailed, ReferenceSession, decode_outputs, encode_args, timing_from_rounds
 from evaluator.verdict import Status, Timing, Trial, Verdict
-from sandbox import ptxas
+from sandbox import cpus, ptxas
 from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
 from sandbox.protocol import ProtocolError, unpack_tree
 from tasks import work as task_work
@@ -392,12 +392,14 @@ class _CandidateRun:
     def _timed_rounds(self, params: dict[str, Any], overhead: rounds.Overhead, slow_ms: float | None) -> dict[str, Any]:
         for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
             self.go_cpu = [0.0, 0.0, True]  # CPU and wall seconds inside the rounds; measurable
+            self.escaped: list[tuple[int, str]] = []  # worker threads found allowed off the timing cores
             try:
                 r = rounds.measure(self._round_call(), params, overhead, slow_ms, self._round_window)
             except (KeyError, TypeError, ValueError) as e:
                 raise WorkerDied(f"protocol violation in a timing round: {e}") from None
             self.rounds, self.timing = r, timing_from_rounds(r, overhead)
             cpu_s, wall_s, measured = self.go_cpu
+            self._reject(timing_checks.threads_escaped(self.escaped, self.ev.timing_cpus))
             if self.ev.timing_cpus and measured:
                 self._reject(timing_checks.cores_escaped(cpu_s, wall_s, len(self.ev.timing_cpus)))
             if not r.per_call_ms:
@@ -439,6 +441,9 @@ class _CandidateRun:
         else:
             self.go_cpu[0] += cpu1 - cpu0
         self.go_cpu[1] += time.perf_counter() - t0
+        pid = self.w.proc.worker_pid() if self.ev.timing_cpus and hasattr(self.w.proc, "worker_pid") else None
+        if pid is not None and not self.escaped:  # the threads' affinity, read from /proc
+            self.escaped = cpus.escaped_threads(pid, self.ev.timing_cpus)
 
     @staticmethod
     def _reject(reason: str | None) -> None:

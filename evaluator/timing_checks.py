@@ -48,6 +48,15 @@ def cores_escaped(cpu_s: float, wall_s: float, cores: int) -> str | None:
     return None
 
 
+def threads_escaped(found: list[tuple[int, str]], timing_cpus: tuple[int, ...]) -> str | None:
+    """Worker threads allowed on other cores than the timing cores after a timed round."""
+    if not found:
+        return None
+    tid, cores = found[0]
+    return (f"cores_escaped: worker thread {tid} may run on cores {cores} during a timing round "
+            f"(the timing cores are {','.join(map(str, timing_cpus))}): work moved off the timing cores")
+
+
 def clock_mismatch(cand: Timing) -> str | None:
     """In every round the worker's own clock says its calls took far less than the supervisor
     measured: a forged clock or work that escaped the call (the figure is the supervisor's

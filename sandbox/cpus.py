@@ -130,3 +130,28 @@ class Lender:
             for cg in self._cgroups:
                 ids |= cg.threads()
         _pin_pids(ids | compilers, target)
+
+
+def escaped_threads(pid: int, allowed: Iterable[int]) -> list[tuple[int, str]]:
+    """Threads of process `pid` whose CPU affinity (kernel state, read from /proc) reaches past
+    `allowed`: (tid, their cores). A worker moved onto the timing cores that widened its own
+    affinity is seen here, whatever it did to hide it in its own process."""
+    allowed_set, found = set(allowed), []
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    for tid in tids:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        line = next((ln for ln in text.splitlines() if ln.startswith("Cpus_allowed_list:")), "")
+        cores: set[int] = set()
+        for part in line.partition(":")[2].strip().split(","):
+            lo, _, hi = part.partition("-")
+            if lo.strip():
+                cores.update(range(int(lo), int(hi or lo) + 1))
+        if cores - allowed_set:
+            found.append((int(tid), line.partition(":")[2].strip()))
+    return found

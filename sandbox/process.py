@@ -201,6 +201,7 @@ class Worker:
         supervisor (other evaluations' threads) adds nothing to it."""
         if self._reader == "unset":
             self._reader = stamped.reader(self.sandbox)
+            self._buf = stamped.buffer(protocol.MAX_HEADER) if self._reader is not None else None
         t0 = time.monotonic_ns()
         try:
             protocol.send(self.sock, kind, meta)
@@ -216,7 +217,7 @@ class Worker:
                 if stamp is None:
                     kind, meta, tensors = protocol.recv(self.sock, deadline)
                 else:
-                    kind, meta, tensors, at = protocol.recv_stamped(self.sock, deadline, self._reader)
+                    kind, meta, tensors, at = protocol.recv_stamped(self.sock, deadline, self._reader, self._buf)
                     stamp[:] = [at]
             except protocol.Deadline:
                 raise WorkerTimeout("no answer before the deadline") from None

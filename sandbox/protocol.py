@@ -100,16 +100,17 @@ _READ_ERRORS = {-1: PeerClosed("the worker closed the connection"), -2: Deadline
                 -5: ProtocolError("socket error")}
 
 
-def recv_stamped(sock: socket.socket, deadline: float | None, read_header: Any,
+def recv_stamped(sock: socket.socket, deadline: float | None, read_header: Any, buf: Any = None,
                  max_bytes: int = 8 << 30) -> tuple[str, dict[str, Any], list[Any], int]:
     """recv, and the CLOCK_MONOTONIC time (ns) at which the frame's header had fully arrived,
-    read in C without the GIL by `read_header` (sandbox/stamped.py), or in Python without it."""
+    read in C without the GIL by `read_header` (sandbox/stamped.py) into `buf` (a ctypes buffer of
+    MAX_HEADER bytes, made once: a fresh one costs page faults before the read), or in Python."""
     if read_header is None:
         kind, meta, tensors = recv(sock, deadline, max_bytes)
         return kind, meta, tensors, time.monotonic_ns()
     import ctypes
 
-    buf = ctypes.create_string_buffer(MAX_HEADER)
+    buf = buf if buf is not None else ctypes.create_string_buffer(MAX_HEADER)
     stamp = ctypes.c_longlong(0)
     left = (deadline - time.monotonic()) if deadline is not None else 1e9
     n = read_header(sock.fileno(), buf, MAX_HEADER, time.monotonic_ns() + int(max(left, 0) * 1e9), ctypes.byref(stamp))

