@@ -106,3 +106,15 @@ def test_device_json_hook(tmp_path):
     assert dataclasses.replace(c) == Ceilings.from_json(c.to_json())
     with pytest.raises(CeilingError):
         ceilings.from_device_json({"device": "cuda"})
+
+
+def test_best_of_keeps_the_better_figure_of_each_and_refuses_other_cores(measured: Ceilings):
+    import dataclasses as dc
+    half = [{**lv, "copy_gbs": lv["copy_gbs"] / 2} for lv in measured.details["levels"]]
+    worse = dc.replace(measured, copy_gbs=measured.copy_gbs / 2, fma_gflops=measured.fma_gflops * 2,
+                       details={**measured.details, "levels": half})
+    both = ceilings.best_of(worse, measured)
+    assert both.copy_gbs == measured.copy_gbs and both.fma_gflops == measured.fma_gflops * 2
+    assert [lv["copy_gbs"] for lv in both.details["levels"]] == [lv["copy_gbs"] for lv in measured.details["levels"]]
+    with pytest.raises(CeilingError, match="not of the same cores"):
+        ceilings.best_of(measured, dc.replace(measured, cores=(measured.cores[0] + 1,)))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluator.cascade import EvalConfig, Evaluator
+from evaluator.cascade import MAX_RECHECKS, EvalConfig, Evaluator
 from evaluator.verdict import Status
 from tasks.spec import load_task
 from tests.conftest import FAST_TIMING
@@ -73,3 +73,33 @@ def test_without_ceilings_there_is_no_peak_fraction_and_no_gate(sandbox, overcla
         ev.close()
     assert v.status is Status.OK, v.reason
     assert (v.peak_fraction, v.bound, v.reference_peak_fraction) == (None, None, None)
+
+
+def _deflated(c, by: float = 1000.0):
+    """Ceilings as a busy machine could measure them: every figure far below the truth."""
+    import dataclasses
+    figures = ("copy_gbs", "read_gbs", "copy_gbs_cached", "read_gbs_cached", "fma_gflops")
+    levels = [{**lv, "copy_gbs": lv["copy_gbs"] / by, "read_gbs": lv["read_gbs"] / by} for lv in c.details["levels"]]
+    return dataclasses.replace(c, details={**c.details, "levels": levels},
+                               **{f: getattr(c, f) / by for f in figures})
+
+
+def test_ceilings_measured_low_are_measured_again_before_an_honest_kernel_is_rejected(sandbox, ceilings, small_task,
+                                                                                     overclaimed):
+    low = _deflated(ceilings)
+    ev = Evaluator(sandbox, EvalConfig(timeout_s=60, timing=FAST_TIMING, ceilings=low))
+    try:
+        v = ev.evaluate(small_task, FAST)
+        assert v.status is Status.OK, v.reason  # beyond the low figures, within the re-measured ones
+        assert any(f.startswith("ceilings re-measured") for f in v.flags), v.flags
+        assert ev.ceilings.copy_gbs > 100 * low.copy_gbs and 0 < v.peak_fraction < 1
+        again = ev.evaluate(small_task, FAST)  # the figures stay raised: no second measurement
+        assert again.status is Status.OK and not any(f.startswith("ceilings re-measured") for f in again.flags)
+        cheat = ev.evaluate(overclaimed, FAST)  # a time beyond even the re-measured ceilings
+        assert cheat.status is Status.REJECTED and cheat.reason.startswith("beyond_roofline:"), cheat.reason
+        rechecks = ev._rechecks
+        for _ in range(3):  # re-submitted in a loop: the measurements stop at MAX_RECHECKS
+            assert ev.evaluate(overclaimed, FAST).status is Status.REJECTED
+        assert rechecks <= ev._rechecks <= MAX_RECHECKS
+    finally:
+        ev.close()

@@ -1,7 +1,9 @@
 """LayerNorm over the last dimension: OpenMP over rows, three passes over an L1-resident row.
 
 Pass 1 sums the row with ACC independent 8-wide accumulators, pass 2 sums squared deviations
-from the mean (two-pass variance: no cancellation), pass 3 writes (x - mean) * rstd * w + b.
+from the mean (two-pass variance: no cancellation), pass 3 writes (x - mean) * rstd * w + b, with
+streaming stores when the output is at least STREAM_MIN_MIB (out of cache, a regular store
+reads the line it writes first).
 PyTorch's own LayerNorm is a fused, vectorized kernel that is close to memory bound here, so
 expect only a modest win (about 1.1-1.2x by minimum times on the 2-core test box).
 """
@@ -13,22 +15,42 @@ from sandbox import fastpath
 ROWS_PER_TASK = 8
 ACC = 4
 PARALLEL = 1  # 0: run on the calling thread alone (no team, no barrier)
-KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4], "PARALLEL": [0, 1]}
+STREAM_MIN_MIB = 16  # outputs this large are written with streaming stores (out of cache); 0: never
+KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4], "PARALLEL": [0, 1],
+         "STREAM_MIN_MIB": [4, 16, 0]}
 KNOB_CONSTRAINTS = ["PARALLEL == 1 or ROWS_PER_TASK == 1"]  # the split only matters with a team
 
 SRC = r'''
 #include <cstdint>
 #include <cstring>
 #include <cmath>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 typedef float v8f __attribute__((vector_size(32)));
 
 static inline v8f load(const float* p) { v8f v; std::memcpy(&v, p, sizeof v); return v; }
 static inline void store(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
+
+// out[0, n) from vec(i) (8 floats at i) and one(i); streaming stores skip the cache and the read
+// a regular store of a line not in cache costs first (write-allocate)
+template <class V, class S>
+static inline void emit(float* __restrict out, int64_t n, bool stream, V vec, S one) {
+    int64_t i = 0;
+#if defined(__AVX__)
+    if (stream) {
+        for (; i < n && ((uintptr_t)(out + i) & 31); ++i) out[i] = one(i);
+        for (; i + 8 <= n; i += 8) _mm256_stream_ps(out + i, (__m256)vec(i));
+    }
+#endif
+    for (; i + 8 <= n; i += 8) store(out + i, vec(i));
+    for (; i < n; ++i) out[i] = one(i);
+}
 static inline double hsum(v8f v) { double s = 0.0; for (int j = 0; j < 8; ++j) s += v[j]; return s; }
 
 static void layernorm_row(float* __restrict out, const float* __restrict x, const float* __restrict w,
-                          const float* __restrict b, int64_t n, float eps) {
+                          const float* __restrict b, int64_t n, float eps, bool stream) {
     const int64_t W = 8 * ACC, nb = n / W * W, n8 = n / 8 * 8;
     v8f acc[ACC];
     for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
@@ -55,18 +77,25 @@ static void layernorm_row(float* __restrict out, const float* __restrict x, cons
     for (int64_t i = n8; i < n; ++i) ss += (double)(x[i] - mean) * (x[i] - mean);
     const float rstd = (float)(1.0 / std::sqrt(ss / (double)n + (double)eps));
 
-    for (int64_t i = 0; i < n8; i += 8)
-        store(out + i, (load(x + i) - mean) * rstd * load(w + i) + load(b + i));
-    for (int64_t i = n8; i < n; ++i) out[i] = (x[i] - mean) * rstd * w[i] + b[i];
+    emit(out, n, stream, [=](int64_t i) { return (load(x + i) - mean) * rstd * load(w + i) + load(b + i); },
+         [=](int64_t i) { return (x[i] - mean) * rstd * w[i] + b[i]; });
 }
 
 extern "C" void layernorm_rows(float* __restrict out, const float* __restrict x, const float* __restrict w,
                                const float* __restrict b, int64_t rows, int64_t cols, float eps) {
-#pragma omp parallel for schedule(dynamic, ROWS_PER_TASK) if(PARALLEL)
-    for (int64_t r = 0; r < rows; ++r) layernorm_row(out + r * cols, x + r * cols, w, b, cols, eps);
+    const bool stream = STREAM_MIN_MIB > 0 && rows * cols * 4 >= ((int64_t)STREAM_MIN_MIB << 20);
+#pragma omp parallel if(PARALLEL)
+    {
+#pragma omp for schedule(dynamic, ROWS_PER_TASK) nowait
+        for (int64_t r = 0; r < rows; ++r) layernorm_row(out + r * cols, x + r * cols, w, b, cols, eps, stream);
+#if defined(__AVX__)
+        _mm_sfence();  // streamed stores are weakly ordered: done before the call returns
+#endif
+    }
 }
 '''
-_lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC, "PARALLEL": PARALLEL})
+_lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC, "PARALLEL": PARALLEL,
+                                        "STREAM_MIN_MIB": STREAM_MIN_MIB})
 
 
 class ModelNew(nn.Module):
