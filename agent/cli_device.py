@@ -9,7 +9,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from agent.app import DbOpt, JsonOpt, app, console, err_console
+from agent.app import DbOpt, DeviceOpt, JsonOpt, app, console, err_console
 from agent.runtime import UserError, cli_errors, open_store, options
 
 RemeasureOpt = typer.Option(False, "--remeasure", help="Measure again even if the store has this machine's ceilings")
@@ -20,14 +20,15 @@ QuickOpt = typer.Option(False, "--quick", hidden=True, help="Tests: tiny sizes (
 @app.command("device")
 @cli_errors
 def device_cmd(db: str | None = DbOpt, as_json: bool = JsonOpt, remeasure: bool = RemeasureOpt,
-               import_file: Path | None = ImportOpt, quick: bool = QuickOpt) -> None:
-    """The machine's ceilings (memory bandwidth in and out of cache, fp32 FMA throughput) for the
-    cores and threads evaluations time on; what the store lacks is measured and stored."""
-    from evaluator import ceilings
+               import_file: Path | None = ImportOpt, quick: bool = QuickOpt, device: str = DeviceOpt) -> None:
+    """The machine's ceilings (memory bandwidth in and out of cache, fp32 FMA throughput, and on a
+    GPU tensor-core rates per dtype) for what evaluations time on; what the store lacks is
+    measured and stored."""
+    from evaluator import ceilings, gpu_ceilings
     from sandbox.cpus import usable
     from store.ceilings import load_ceilings, save_ceilings
 
-    opts = options(db, "cpu", None)
+    opts = options(db, device, None)
     store = open_store(opts.db)  # first: a bad --db fails before any work
     if import_file is not None:
         try:
@@ -37,24 +38,29 @@ def device_cmd(db: str | None = DbOpt, as_json: bool = JsonOpt, remeasure: bool 
         save_ceilings(store, found)
         _show(found, measured=False, as_json=as_json)
         return
-    cores = opts.timing_cpus or usable()
     quick = quick or opts.ceilings == "quick"  # KERNELWRIGHT_CEILINGS=quick: as evaluations get them
     threads = opts.threads
-    fingerprint_id = ceilings.cpu_fingerprint_id(threads)
-    found = None if remeasure else load_ceilings(store, fingerprint_id, cores, threads)
-    if found is not None and found.details.get("quick") and not quick:  # tests' tiny figures are no ceilings
-        found = None
-    measured = found is None
-    if found is None:
-        if not as_json:
-            err_console.print(f"measuring the ceilings of cores {','.join(map(str, cores))} with {threads} "
-                              "thread(s) (a few seconds; keep the machine quiet)...")
-        try:
-            found = ceilings.measure(cores, threads, fingerprint_id=fingerprint_id, cache_dir=opts.cache_dir,
-                                     sizes=ceilings.Sizes.tiny() if quick else ceilings.Sizes())
-        except ceilings.CeilingError as e:
-            raise UserError(str(e)) from None
-        save_ceilings(store, found)
+    try:
+        if opts.device == "cuda":
+            cores, fingerprint_id = (), gpu_ceilings.fingerprint_id(threads)
+        else:
+            cores, fingerprint_id = opts.timing_cpus or usable(), ceilings.cpu_fingerprint_id(threads)
+        found = None if remeasure else load_ceilings(store, fingerprint_id, cores, threads)
+        if found is not None and found.details.get("quick") and not quick:  # tests' tiny figures are no ceilings
+            found = None
+        measured = found is None
+        if found is None:
+            if not as_json:
+                what = "the GPU" if opts.device == "cuda" else f"cores {','.join(map(str, cores))} with {threads} thread(s)"
+                err_console.print(f"measuring the ceilings of {what} (seconds; keep the machine quiet)...")
+            if opts.device == "cuda":
+                found = gpu_ceilings.measure(threads, opts.cache_dir, quick)
+            else:
+                found = ceilings.measure(cores, threads, fingerprint_id=fingerprint_id, cache_dir=opts.cache_dir,
+                                         sizes=ceilings.Sizes.tiny() if quick else ceilings.Sizes())
+            save_ceilings(store, found)
+    except ceilings.CeilingError as e:
+        raise UserError(str(e)) from None
     _show(found, measured, as_json)
 
 

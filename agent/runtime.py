@@ -123,29 +123,35 @@ def _docker_image(image: str | None) -> str:
 
 
 def machine_ceilings(opts: Options, store: Any = None) -> Any:
-    """On a CPU device, the ceilings of the cores and thread count evaluations time on: from the
-    store (opts.db, unless given one), measured and stored when it has none. None on a GPU or
+    """The ceilings of what evaluations time on (a CPU's timing cores and thread count, or the
+    GPU): from the store (opts.db, unless given one), measured and stored when it has none. None
     with KERNELWRIGHT_CEILINGS=off. Call before anything is timed: a measurement wants the
-    cores to itself (a few seconds)."""
-    if opts.device != "cpu" or opts.ceilings == "off":
+    device to itself (seconds)."""
+    if opts.ceilings == "off" or opts.device not in ("cpu", "cuda"):
         return None
-    from evaluator import ceilings
+    from evaluator import ceilings, gpu_ceilings
     from sandbox.cpus import usable
     from store.ceilings import load_ceilings, save_ceilings
 
-    cores, own = opts.timing_cpus or usable(), store is None
-    fingerprint_id = ceilings.cpu_fingerprint_id(opts.threads)
+    quick = opts.ceilings == "quick"
+    own = store is None
     store = open_store(opts.db) if own else store
     try:
-        found = load_ceilings(store, fingerprint_id, cores, opts.threads)
-        if found is None or (opts.ceilings == "measure" and found.details.get("quick")):  # tests' figures
-            sizes = ceilings.Sizes.tiny() if opts.ceilings == "quick" else ceilings.Sizes()
-            try:
-                found = ceilings.measure(cores, opts.threads, fingerprint_id=fingerprint_id, sizes=sizes,
-                                         cache_dir=opts.cache_dir)
-            except ceilings.CeilingError as e:
-                raise UserError(f"measuring this machine's ceilings: {e} (KERNELWRIGHT_CEILINGS=off goes without)") from None
-            save_ceilings(store, found)
+        try:
+            if opts.device == "cuda":
+                cores, fingerprint_id = (), gpu_ceilings.fingerprint_id(opts.threads)
+            else:
+                cores, fingerprint_id = opts.timing_cpus or usable(), ceilings.cpu_fingerprint_id(opts.threads)
+            found = load_ceilings(store, fingerprint_id, cores, opts.threads)
+            if found is None or (not quick and found.details.get("quick")):  # tests' figures are no ceilings
+                if opts.device == "cuda":
+                    found = gpu_ceilings.measure(opts.threads, opts.cache_dir, quick)
+                else:
+                    found = ceilings.measure(cores, opts.threads, fingerprint_id=fingerprint_id, cache_dir=opts.cache_dir,
+                                             sizes=ceilings.Sizes.tiny() if quick else ceilings.Sizes())
+                save_ceilings(store, found)
+        except ceilings.CeilingError as e:
+            raise UserError(f"measuring this machine's ceilings: {e} (KERNELWRIGHT_CEILINGS=off goes without)") from None
         return found
     finally:
         if own:

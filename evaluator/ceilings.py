@@ -353,8 +353,9 @@ def from_device_json(source: str | Path | Mapping[str, Any], fingerprint_id: str
          "measured_at": "2026-11-26T10:00:00+00:00"}
 
     `copy_gbs`: device memory copy (read + write) out of L2; `tflops`: tensor-core throughput per
-    dtype (kept in details; tasks/work.py's figures are checked against the dtype's peak by the
-    caller); `fma_gflops`: fp32 CUDA-core FMA. Cached figures default to the uncached ones.
+    dtype (kept in details: the compute ceiling is the fastest of these and fma_gflops, see
+    evaluator/roofline.py); `fma_gflops`: fp32 CUDA-core FMA. Cached figures default to the
+    uncached ones. evaluator/gpu_ceilings.py measures all of them; Ceilings.to_json reads back too.
     """
     d = dict(json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else source)
     try:
@@ -366,6 +367,8 @@ def from_device_json(source: str | Path | Mapping[str, Any], fingerprint_id: str
                         fma_gflops=float(d.get("fma_gflops", 0.0)),
                         measured_at=d.get("measured_at") or dt.datetime.now(dt.UTC).isoformat(),
                         llc_bytes=int(d.get("l2_bytes", d.get("llc_bytes", 0))),
-                        details={"tflops": dict(d.get("tflops", {})), "source": "device script"})
+                        details={**dict(d.get("details") or {}), "source": "device script",
+                                 "tflops": dict(d.get("tflops") or (d.get("details") or {}).get("tflops") or {}),
+                                 **{k: d[k] for k in ("quick", "device_info", "errors") if k in d}})
     except (KeyError, TypeError, ValueError) as e:
         raise CeilingError(f"not a device ceilings JSON: {e}") from None

@@ -47,6 +47,14 @@ def bandwidth(ceilings: Any, working_set: float, cached: bool | None = None) -> 
     return max([memory] + [gbs for _, gbs, _ in levels[i:]]), levels[i][2]
 
 
+def compute_peak(ceilings: Any) -> float:
+    """GFLOP/s: fp32 FMA, or on a GPU the fastest rate measured (a tensor-core dtype's). The work
+    carries no dtype, so a GPU kernel is judged against the fastest units it could have used: the
+    gate never rejects a tensor-core kernel, and an fp32 kernel's compute fraction reads low."""
+    tflops = [float(v) for v in ((ceilings.details or {}).get("tflops") or {}).values() if v]
+    return max([float(ceilings.fma_gflops)] + [1e3 * t for t in tflops])
+
+
 def roofline(work: _Work, ceilings: Any, ms: float, cached: bool | None = None) -> dict[str, Any]:
     """Everything a verdict may record: peak_fraction, bound ("memory" or "compute"), both
     fractions, and the ceilings they were taken against."""
@@ -55,10 +63,11 @@ def roofline(work: _Work, ceilings: Any, ms: float, cached: bool | None = None) 
     gbs, level = bandwidth(ceilings, work.bytes, cached)
     seconds = ms * 1e-3
     memory = work.bytes / (seconds * gbs * 1e9) if gbs > 0 else 0.0
-    compute = work.flops / (seconds * ceilings.fma_gflops * 1e9) if ceilings.fma_gflops > 0 else 0.0
+    gflops = compute_peak(ceilings)
+    compute = work.flops / (seconds * gflops * 1e9) if gflops > 0 else 0.0
     bound = "memory" if memory >= compute else "compute"
     return {"peak_fraction": max(memory, compute), "bound": bound, "memory_fraction": memory,
-            "compute_fraction": compute, "gbs": gbs, "level": level, "gflops": ceilings.fma_gflops,
+            "compute_fraction": compute, "gbs": gbs, "level": level, "gflops": gflops,
             "flops": work.flops, "bytes": work.bytes, "work_source": work.source}
 
 
@@ -90,7 +99,8 @@ def beyond_roofline(work: _Work, ceilings: Any, ms: float, margin: float = MARGI
     if r["bound"] == "memory":
         need = f"{work.bytes:.4g} bytes at {r['gbs']:.4g} GB/s ({r['level']})"
     else:
-        need = f"{work.flops:.4g} FLOPs at {r['gflops']:.4g} GFLOP/s (fp32 FMA)"
+        units = "fp32 FMA" if r["gflops"] <= ceilings.fma_gflops else "the fastest tensor-core dtype"
+        need = f"{work.flops:.4g} FLOPs at {r['gflops']:.4g} GFLOP/s ({units})"
     floor = max(work.bytes / (r["gbs"] * 1e9) if r["gbs"] > 0 else 0.0,
                 work.flops / (r["gflops"] * 1e9) if r["gflops"] > 0 else 0.0) * 1e3
     return (f"beyond_roofline: {ms:.4g} ms is {r['peak_fraction']:.2f}x of the {r['bound']} ceiling: "

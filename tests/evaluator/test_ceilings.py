@@ -118,3 +118,35 @@ def test_best_of_keeps_the_better_figure_of_each_and_refuses_other_cores(measure
     assert [lv["copy_gbs"] for lv in both.details["levels"]] == [lv["copy_gbs"] for lv in measured.details["levels"]]
     with pytest.raises(CeilingError, match="not of the same cores"):
         ceilings.best_of(measured, dc.replace(measured, cores=(measured.cores[0] + 1,)))
+
+
+def test_the_gpu_ceiling_kernels_compile_and_no_gpu_is_a_one_line_error(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    from evaluator import gpu_ceilings
+    if shutil.which("nvcc") is None:
+        pytest.skip("no nvcc here")
+    path = gpu_ceilings.build(tmp_path)  # real nvcc, sm_90: what the device script runs
+    assert os.path.getsize(path) > 0
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: scripts/gpu_check.sh measures it")
+    proc = subprocess.run([sys.executable, "-m", "evaluator.gpu_ceilings", "--cache-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.strip() == "error: no CUDA device visible" and not proc.stdout
+
+
+def test_gpu_ceilings_read_back_and_the_compute_ceiling_is_the_fastest_dtype():
+    gpu = ceilings.from_device_json({"device": "cuda", "fingerprint_id": "g1", "copy_gbs": 4000.0, "read_gbs": 4200.0,
+                                     "l2_bytes": 50 << 20, "fma_gflops": 60000.0,
+                                     "tflops": {"bf16": 780.0, "tf32": 380.0}, "quick": False})
+    again = ceilings.from_device_json(gpu.to_json())  # what `python -m evaluator.gpu_ceilings --out` writes
+    assert again.details["tflops"] == {"bf16": 780.0, "tf32": 380.0} and again.copy_gbs == 4000.0
+    w = Work(flops=2 * 8192.0 ** 3, bytes=3 * 2 * 8192.0 ** 2, source="derived")
+    r = roofline(w, again, 1.5)  # a bf16 GEMM at 733 TFLOP/s: within the tensor-core ceiling
+    assert r["gflops"] == 780e3 and r["bound"] == "compute" and 0.9 < r["peak_fraction"] < 1.0
+    assert beyond_roofline(w, again, 1.5) is None
+    fp32_only = dataclasses.replace(again, details={**again.details, "tflops": {}})
+    assert beyond_roofline(w, fp32_only, 1.5).startswith("beyond_roofline:")  # against fp32 FMA it would be

@@ -16,8 +16,9 @@ ROWS_PER_TASK = 8
 ACC = 4
 PARALLEL = 1  # 0: run on the calling thread alone (no team, no barrier)
 STREAM_MIN_MIB = 16  # outputs this large are written with streaming stores (out of cache); 0: never
+PREFETCH = 1  # 1: fetch the next row while this one computes from L1 (memory and compute overlap)
 KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4], "PARALLEL": [0, 1],
-         "STREAM_MIN_MIB": [4, 16, 0]}
+         "STREAM_MIN_MIB": [4, 16, 0], "PREFETCH": [0, 1]}
 KNOB_CONSTRAINTS = ["PARALLEL == 1 or ROWS_PER_TASK == 1"]  # the split only matters with a team
 
 SRC = r'''
@@ -50,7 +51,7 @@ static inline void emit(float* __restrict out, int64_t n, bool stream, V vec, S 
 static inline double hsum(v8f v) { double s = 0.0; for (int j = 0; j < 8; ++j) s += v[j]; return s; }
 
 static void layernorm_row(float* __restrict out, const float* __restrict x, const float* __restrict w,
-                          const float* __restrict b, int64_t n, float eps, bool stream) {
+                          const float* __restrict b, int64_t n, float eps, bool stream, const float* next) {
     const int64_t W = 8 * ACC, nb = n / W * W, n8 = n / 8 * 8;
     v8f acc[ACC];
     for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
@@ -63,11 +64,13 @@ static void layernorm_row(float* __restrict out, const float* __restrict x, cons
     const float mean = (float)(s / (double)n);
 
     for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
-    for (int64_t i = 0; i < nb; i += W)
+    for (int64_t i = 0; i < nb; i += W) {  // and the next row (nullptr at the end) on its way
+        if (PREFETCH && next) for (int64_t j = i; j < i + W; j += 16) __builtin_prefetch(next + j, 0, 3);
         for (int a = 0; a < ACC; ++a) {
             v8f d = load(x + i + 8 * a) - mean;
             acc[a] += d * d;
         }
+    }
     for (int64_t i = nb; i < n8; i += 8) {
         v8f d = load(x + i) - mean;
         acc[0] += d * d;
@@ -87,7 +90,8 @@ extern "C" void layernorm_rows(float* __restrict out, const float* __restrict x,
 #pragma omp parallel if(PARALLEL)
     {
 #pragma omp for schedule(dynamic, ROWS_PER_TASK) nowait
-        for (int64_t r = 0; r < rows; ++r) layernorm_row(out + r * cols, x + r * cols, w, b, cols, eps, stream);
+        for (int64_t r = 0; r < rows; ++r) layernorm_row(out + r * cols, x + r * cols, w, b, cols, eps, stream,
+                                                        r + 1 < rows ? x + (r + 1) * cols : nullptr);
 #if defined(__AVX__)
         _mm_sfence();  // streamed stores are weakly ordered: done before the call returns
 #endif
@@ -95,7 +99,7 @@ extern "C" void layernorm_rows(float* __restrict out, const float* __restrict x,
 }
 '''
 _lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC, "PARALLEL": PARALLEL,
-                                        "STREAM_MIN_MIB": STREAM_MIN_MIB})
+                                        "STREAM_MIN_MIB": STREAM_MIN_MIB, "PREFETCH": PREFETCH})
 
 
 class ModelNew(nn.Module):

@@ -16,8 +16,9 @@ ROWS_PER_TASK = 8
 ACC = 2
 PARALLEL = 1  # 0: run on the calling thread alone (no team, no barrier)
 STREAM_MIN_MIB = 16  # outputs this large are written with streaming stores (out of cache); 0: never
+PREFETCH = 1  # 1: fetch the next row while this one computes from L1 (memory and compute overlap)
 KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4], "PARALLEL": [0, 1],
-         "STREAM_MIN_MIB": [4, 16, 0]}
+         "STREAM_MIN_MIB": [4, 16, 0], "PREFETCH": [0, 1]}
 KNOB_CONSTRAINTS = ["PARALLEL == 1 or ROWS_PER_TASK == 1"]  # the split only matters with a team
 
 SRC = r'''
@@ -35,21 +36,29 @@ static inline void store(float* p, v8f v) { std::memcpy(p, &v, sizeof v); }
 
 // out[0, n) from vec(i) (8 floats at i) and one(i); streaming stores skip the cache and the read
 // a regular store of a line not in cache costs first (write-allocate)
+// next: a row to prefetch meanwhile, a line every 16 floats (nullptr: none)
 template <class V, class S>
-static inline void emit(float* __restrict out, int64_t n, bool stream, V vec, S one) {
+static inline void emit(float* __restrict out, int64_t n, bool stream, V vec, S one, const float* next) {
+    const bool pre = PREFETCH && next;
     int64_t i = 0;
 #if defined(__AVX__)
     if (stream) {
         for (; i < n && ((uintptr_t)(out + i) & 31); ++i) out[i] = one(i);
-        for (; i + 8 <= n; i += 8) _mm256_stream_ps(out + i, (__m256)vec(i));
+        for (; i + 8 <= n; i += 8) {
+            if (pre && !(i & 15)) __builtin_prefetch(next + i, 0, 3);
+            _mm256_stream_ps(out + i, (__m256)vec(i));
+        }
     }
 #endif
-    for (; i + 8 <= n; i += 8) store(out + i, vec(i));
+    for (; i + 8 <= n; i += 8) {
+        if (pre && !(i & 15)) __builtin_prefetch(next + i, 0, 3);
+        store(out + i, vec(i));
+    }
     for (; i < n; ++i) out[i] = one(i);
 }
 
 static void rmsnorm_row(float* __restrict out, const float* __restrict x, const float* __restrict w,
-                        int64_t n, float eps, bool stream) {
+                        int64_t n, float eps, bool stream, const float* next) {
     const int64_t W = 8 * ACC, nb = n / W * W, n8 = n / 8 * 8;
     v8f acc[ACC];
     for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
@@ -68,7 +77,7 @@ static void rmsnorm_row(float* __restrict out, const float* __restrict x, const 
     for (int64_t i = n8; i < n; ++i) ss += (double)x[i] * x[i];
     const float rstd = (float)(1.0 / std::sqrt(ss / (double)n + (double)eps));
     emit(out, n, stream, [=](int64_t i) { return load(x + i) * rstd * load(w + i); },
-         [=](int64_t i) { return x[i] * rstd * w[i]; });
+         [=](int64_t i) { return x[i] * rstd * w[i]; }, next);
 }
 
 extern "C" void rmsnorm_rows(float* __restrict out, const float* __restrict x, const float* __restrict w,
@@ -77,7 +86,8 @@ extern "C" void rmsnorm_rows(float* __restrict out, const float* __restrict x, c
 #pragma omp parallel if(PARALLEL)
     {
 #pragma omp for schedule(dynamic, ROWS_PER_TASK) nowait
-        for (int64_t r = 0; r < rows; ++r) rmsnorm_row(out + r * cols, x + r * cols, w, cols, eps, stream);
+        for (int64_t r = 0; r < rows; ++r) rmsnorm_row(out + r * cols, x + r * cols, w, cols, eps, stream,
+                                                      r + 1 < rows ? x + (r + 1) * cols : nullptr);
 #if defined(__AVX__)
         _mm_sfence();  // streamed stores are weakly ordered: done before the call returns
 #endif
@@ -85,7 +95,7 @@ extern "C" void rmsnorm_rows(float* __restrict out, const float* __restrict x, c
 }
 '''
 _lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC, "PARALLEL": PARALLEL,
-                                        "STREAM_MIN_MIB": STREAM_MIN_MIB})
+                                        "STREAM_MIN_MIB": STREAM_MIN_MIB, "PREFETCH": PREFETCH})
 
 
 class ModelNew(nn.Module):

@@ -17,8 +17,9 @@ ROWS_PER_TASK = 8
 ACC = 2
 PARALLEL = 1  # 0: run on the calling thread alone (no team, no barrier)
 STREAM_MIN_MIB = 16  # outputs this large are written with streaming stores (out of cache); 0: never
+PREFETCH = 1  # 1: fetch the next row while this one computes from L1 (memory and compute overlap)
 KNOBS = {"ROWS_PER_TASK": [1, 2, 4, 8, 16], "ACC": [1, 2, 4], "PARALLEL": [0, 1],
-         "STREAM_MIN_MIB": [4, 16, 0]}
+         "STREAM_MIN_MIB": [4, 16, 0], "PREFETCH": [0, 1]}
 KNOB_CONSTRAINTS = ["PARALLEL == 1 or ROWS_PER_TASK == 1"]  # the split only matters with a team
 
 SRC = r'''
@@ -78,7 +79,9 @@ static inline v8f vexp(v8f x) {
 #define SCRATCH 16384  // floats: a row this long keeps its exponentials on the stack when streaming
 
 // e: where pass 2 keeps exp(x - max) (out itself, or a scratch row when out is streamed to)
-static void softmax_row(float* __restrict out, const float* __restrict x, int64_t n, float* e, bool stream) {
+// next: the row after this one (nullptr at the end), prefetched while pass 2 computes
+static void softmax_row(float* __restrict out, const float* __restrict x, int64_t n, float* e, bool stream,
+                        const float* next) {
     const int64_t W = 8 * ACC, nb = n / W * W, n8 = n / 8 * 8;
     v8f mx[ACC];
     for (int a = 0; a < ACC; ++a) mx[a] = (v8f){} - __builtin_inff();
@@ -92,12 +95,14 @@ static void softmax_row(float* __restrict out, const float* __restrict x, int64_
 
     v8f acc[ACC];
     for (int a = 0; a < ACC; ++a) acc[a] = (v8f){};
-    for (int64_t i = 0; i < nb; i += W)
+    for (int64_t i = 0; i < nb; i += W) {
+        if (PREFETCH && next) for (int64_t j = i; j < i + W; j += 16) __builtin_prefetch(next + j, 0, 3);
         for (int a = 0; a < ACC; ++a) {
             v8f v = vexp(load(x + i + 8 * a) - m);
             store(e + i + 8 * a, v);
             acc[a] += v;
         }
+    }
     for (int64_t i = nb; i < n8; i += 8) {
         v8f v = vexp(load(x + i) - m);
         store(e + i, v);
@@ -127,7 +132,8 @@ extern "C" void softmax_rows(float* __restrict out, const float* __restrict x, i
         const bool own = stream && cols <= SCRATCH;  // else in place: correct, without the saving
 #pragma omp for schedule(dynamic, ROWS_PER_TASK) nowait
         for (int64_t r = 0; r < rows; ++r)
-            softmax_row(out + r * cols, x + r * cols, cols, own ? scratch : out + r * cols, stream);
+            softmax_row(out + r * cols, x + r * cols, cols, own ? scratch : out + r * cols, stream,
+                        r + 1 < rows ? x + (r + 1) * cols : nullptr);
 #if defined(__AVX__)
         _mm_sfence();  // streamed stores are weakly ordered: done before the call returns
 #endif
@@ -135,7 +141,7 @@ extern "C" void softmax_rows(float* __restrict out, const float* __restrict x, i
 }
 '''
 _lib = fastpath.compile(SRC, defines={"ROWS_PER_TASK": ROWS_PER_TASK, "ACC": ACC, "PARALLEL": PARALLEL,
-                                        "STREAM_MIN_MIB": STREAM_MIN_MIB})
+                                        "STREAM_MIN_MIB": STREAM_MIN_MIB, "PREFETCH": PREFETCH})
 
 
 class ModelNew(nn.Module):
