@@ -3,7 +3,10 @@
 1. the GPU tests (CUDA fast path, load_inline, Triton; the GPU exploit candidates),
 2. every task of the `gpu` suite: its seed at the default knobs, then a short tuner pass
    (configurations sampled from the seed's knob space) while the time budget lasts,
-3. a table: task, status, best speedup vs eager and vs torch.compile, milliseconds, config.
+0. the GPU's ceilings (evaluator/gpu_ceilings.py: HBM and L2 bandwidth, fp32 FMA, tensor cores
+   per dtype), written to $OUT/gpu_ceilings.json (`kernelwright device --import` stores them)
+   and given to the cuda evaluator, so every ok verdict carries a peak fraction,
+3. a table: task, status, best speedup vs eager and vs torch.compile, peak fraction, milliseconds, config.
 It installs nothing and needs only torch (and triton for the Triton seeds). Results also go
 to $OUT/gpu_check.json (or --out) when set.
 """
@@ -22,7 +25,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent import knobs  # noqa: E402
+from evaluator import gpu_ceilings  # noqa: E402
 from evaluator.cascade import EvalConfig, Evaluator, TimingConfig  # noqa: E402
+from evaluator.ceilings import CeilingError  # noqa: E402
 from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
 from tasks.registry import suite_tasks  # noqa: E402
 
@@ -85,12 +90,17 @@ def configs_to_try(source: str, n: int, seed: int = 0) -> list[dict]:
     return others[:n]
 
 
+def _pct(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.1f}%"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-s", type=float, default=420.0, help="stop tuning after this much time")
     ap.add_argument("--configs", type=int, default=4, help="tuner configurations per task, besides the default")
     ap.add_argument("--tasks", default="", help="comma-separated task names (default: the whole gpu suite)")
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--no-ceilings", action="store_true", help="no GPU ceilings: no peak fractions, no gate")
     ap.add_argument("--tests-timeout-s", type=float, default=150.0)
     ap.add_argument("--out", default=os.environ.get("OUT", ""))
     args = ap.parse_args()
@@ -102,7 +112,25 @@ def main() -> int:
     cache = Path(os.environ.get("KERNELWRIGHT_CACHE", "/tmp/kernelwright-cache"))
     # a GPU machine that refuses CUDA inside the namespaces gets workers without them (sandbox notes say so)
     sandboxes = {d: ProcessSandbox(SandboxConfig(cache_dir=cache, device=d)) for d in ("cpu", "cuda")}
-    evaluators = {d: Evaluator(sb, EvalConfig(device=d, timeout_s=150, timing=TIMING)) for d, sb in sandboxes.items()}
+    gpu_ceil = None
+    if not args.no_ceilings:
+        t0 = time.monotonic()
+        try:
+            gpu_ceil = gpu_ceilings.measure(sandboxes["cuda"].cfg.threads, cache)
+            report["ceilings"] = gpu_ceil.to_json()
+            if args.out:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "gpu_ceilings.json").write_text(json.dumps(report["ceilings"], indent=1))
+            tf = ", ".join(f"{k} {v:.0f}" for k, v in gpu_ceil.details.get("tflops", {}).items())
+            print(f"ceilings ({time.monotonic() - t0:.0f} s): copy {gpu_ceil.copy_gbs:.0f} GB/s, read {gpu_ceil.read_gbs:.0f}; "
+                  f"in L2 copy {gpu_ceil.copy_gbs_cached:.0f}, read {gpu_ceil.read_gbs_cached:.0f}; fp32 FMA "
+                  f"{gpu_ceil.fma_gflops / 1e3:.1f} TFLOP/s; tensor cores TFLOP/s: {tf}", flush=True)
+        except CeilingError as e:
+            report["ceilings_error"] = str(e)
+            print(f"ceilings: {e}", flush=True)
+    evaluators = {d: Evaluator(sb, EvalConfig(device=d, timeout_s=150, timing=TIMING,
+                                              ceilings=gpu_ceil if d == "cuda" else None))
+                  for d, sb in sandboxes.items()}
     queue: list[tuple[object, dict | None]] = []
     for task in tasks:
         seeds = task.seed_paths()
@@ -142,6 +170,8 @@ def main() -> int:
                        "reference_ms": v.reference.median_ms if v.reference else None,
                        "compiled_ms": v.reference_compiled.median_ms if v.reference_compiled else None,
                        "early_exit": bool(v.candidate and v.candidate.early_exit), "flags": list(v.flags)[:4],
+                       "peak_fraction": v.peak_fraction, "bound": v.bound,
+                       "reference_peak_fraction": v.reference_peak_fraction,
                        "seconds": round(time.monotonic() - t0, 1)}
                 if v.status.value != "ok":
                     row["log"] = v.log[-1500:]
@@ -165,12 +195,13 @@ def main() -> int:
         report["gpu_tests"] = run_gpu_tests(timeout_s=args.tests_timeout_s)
     report["sandbox_notes"] = {d: sb.notes for d, sb in sandboxes.items()}
     report["seconds"] = round(time.monotonic() - t_start, 1)
-    lines = [f"{'task':24s} {'device':6s} {'status':13s} {'vs eager':>9s} {'vs compile':>10s} {'ms':>9s} {'ref ms':>9s} evals  best config"]
+    lines = [f"{'task':24s} {'device':6s} {'status':13s} {'vs eager':>9s} {'vs compile':>10s} {'peak':>6s} {'ref pk':>6s} {'ms':>9s} {'ref ms':>9s} evals  best config"]
     for name, entry in report["tasks"].items():
         best = entry.get("best") or (entry.get("evals") or [{}])[0]
         sc = best.get("speedup_vs_compile")
         lines.append(f"{name:24s} {entry.get('device', ''):6s} {best.get('status', entry.get('status', '-')):13s} "
                      f"{best.get('speedup') or 0:9.3f} {sc if sc is None else round(sc, 3)!s:>10s} "
+                     f"{_pct(best.get('peak_fraction')):>6s} {_pct(best.get('reference_peak_fraction')):>6s} "
                      f"{best.get('candidate_ms') or 0:9.4f} {best.get('reference_ms') or 0:9.4f} "
                      f"{len(entry.get('evals', [])):5d}  {best.get('config')}")
     dump(report, args.out)
