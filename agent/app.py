@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from agent.runtime import UserError
+from agent.runtime import UserError, cli_errors
 
 app = typer.Typer(help="kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -31,6 +31,21 @@ TuneFractionOpt = typer.Option(0.25, "--tune-fraction", help="With an LLM: share
 SeedOpt = typer.Option(0, "--seed", help="Seed of the search's own choices")
 ConfirmOpt = typer.Option(2, "--confirm", help="After each task's budget: up to this many re-measurements of its "
                           "leader, until it has been measured twice (0: off)")
+
+
+@app.callback()
+@cli_errors
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Say what the loop, the evaluator and the "
+                                      "sandbox are doing, on stderr [env KERNELWRIGHT_LOG=debug]")) -> None:
+    """kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation."""
+    from agent import logs, settings
+
+    try:
+        level = "debug" if verbose else settings.read()["log"]
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if level != "warning":
+        logs.configure(level)
 
 
 def check_search(strategy: str, tuner: str) -> None:

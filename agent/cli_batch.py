@@ -14,6 +14,7 @@ from rich.table import Table
 
 from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
                        ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
+from agent.runspec import resume_hint, shown_url
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, machine_ceilings, open_store, options
 
 
@@ -39,85 +40,79 @@ def batch_cmd(
     tune_fraction: float = TuneFractionOpt,
     seed: int = SeedOpt,
     confirm: int = ConfirmOpt,
-    resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run"),
+    resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run as it was started; "
+                                         "its stored flags stand, others given here are ignored"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
     sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
 ) -> None:
     """Optimize many tasks at once on a Ray cluster (a local one by default), into one shared store."""
     from agent import batch, settings
-    from agent.optimize import OptimizeConfig
+    from agent.runspec import RunSpec, SpecError
     from tasks.registry import resolve
 
-    opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
     store = None  # opened after the options are checked: bad input leaves no store behind
-    if resume is not None:
-        store = open_store(opts.db)
-        run = store.run(resume)
-        if run is None or run["command"] != "batch":
-            raise UserError(f"no batch run {resume} in {opts.db}")
-        c = run["config"]
-        suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
-        tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
-        confirm = c.get("confirm", confirm)
-        api_key_env, concurrency, max_cost = c["api_key_env"], c["concurrency"], c["max_cost"]
-        opts = _options(db, device, timeout, cpus_per_job, sandbox, image)
-    check_search(strategy, tuner)
-    if budget < 1 or concurrency < 1 or workers < 1 or max_retries < 0 or confirm < 0 \
-            or not 0.0 <= tune_fraction <= 1.0:
-        raise UserError("--budget, --concurrency and --workers must be at least 1, --max-retries and --confirm "
-                        "at least 0, --tune-fraction within 0..1")
-    if cpus_per_job <= 0 or gpus_per_eval < 0:
-        raise UserError("--cpus-per-job must be positive and --gpus-per-eval not negative")
-    suite_name = suite if suite or task else "cpu"
-    tasks = resolve(suite_name, task)
-    model = model or settings.read()["model"] or None
-    base_url = base_url or settings.read()["base_url"] or None
-    if model and not address:  # local workers inherit this environment: a missing key fails here, not in every job
+    try:
+        if resume is not None:
+            found_db = _options(db, "cpu", None, 1.0, "process", None).db
+            store = open_store(found_db)
+            run = store.run(resume)
+            if run is None or run["command"] != "batch":
+                raise UserError(f"no batch run {resume} in {shown_url(found_db)}")
+            spec = RunSpec.from_json("batch", run["config"])  # the same run: every flag as it was
+        else:
+            s = settings.read()
+            spec = RunSpec("batch", suite=suite if suite or task else "cpu", tasks=tuple(str(t) for t in task or ()),
+                           strategy=strategy, budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed,
+                           confirm=confirm, model=model or s["model"] or None, base_url=base_url or s["base_url"] or None,
+                           api_key_env=api_key_env, concurrency=concurrency, device=device, sandbox=sandbox,
+                           image=image, timeout_s=timeout, max_cost_usd=max_cost, time_limit_min=time_limit,
+                           address=address, workers=workers, cpus_per_job=cpus_per_job, gpus_per_eval=gpus_per_eval,
+                           max_retries=max_retries)
+    except SpecError as e:
+        raise UserError(str(e)) from None
+    opts = _options(db, spec.device, spec.timeout_s, spec.cpus_per_job, spec.sandbox, spec.image)
+    check_search(spec.strategy, spec.tuner)
+    tasks = resolve(spec.suite, list(spec.tasks) or None)
+    if resume is None:  # docker: the image the options resolved is the run's
+        spec = dataclasses.replace(spec, image=opts.image, tasks=tuple(str(t.path) for t in tasks) if spec.tasks else ())
+    if spec.model and not spec.address:  # local workers inherit this environment: a missing key fails here, not in every job
         from agent.llm import keyed_config
 
-        keyed_config(model, base_url, os.environ.get(api_key_env, ""), api_key_env, concurrency)
-    llm = batch.LLMSpec(model, base_url, api_key_env, concurrency) if model else None
+        keyed_config(spec.model, spec.base_url, os.environ.get(spec.api_key_env, ""), spec.api_key_env, spec.concurrency)
+    llm = batch.LLMSpec(spec.model, spec.base_url, spec.api_key_env, spec.concurrency) if spec.model else None
     store = store or open_store(opts.db)
     # measured here, once and before Ray starts: jobs measuring at once would each see a busy machine
     machine_ceilings(opts, store)
-    config = {"suite": suite_name, "tasks": [str(t.path) for t in tasks] if task else [], "strategy": strategy,
-              "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed, "model": model,
-              "base_url": base_url, "api_key_env": api_key_env, "concurrency": concurrency, "device": device,
-              "max_cost": max_cost, "address": address, "confirm": confirm, "sandbox": opts.sandbox,
-              "image": opts.image}
     say = err_console.print if as_json else console.print
     try:
-        resources = batch.connect(address, workers, worker_logs=not as_json)
+        resources = batch.connect(spec.address, spec.workers, worker_logs=not as_json)
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds for an unreachable or refused cluster
-        raise UserError(f"cannot start or reach Ray{f' at {address}' if address else ''}: "
+        raise UserError(f"cannot start or reach Ray{f' at {spec.address}' if spec.address else ''}: "
                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     try:
         if resume is None:
-            run_id = store.start_run("batch", config, device)
+            run_id = store.start_run("batch", spec.to_json(), spec.device)
         else:
             run_id = resume
             store.reopen_run(run_id)
-        jobs = batch.plan(store, tasks, strategy)
+        jobs = batch.plan(store, tasks, spec.strategy)
         cfg = batch.BatchConfig(
-            run_id=run_id, options=opts,
-            optimize=OptimizeConfig(strategy=strategy, budget=budget, concurrency=concurrency, tuner=tuner,
-                                    tune_fraction=tune_fraction, seed=seed, confirm=confirm),
-            llm=llm, deadline=time.time() + time_limit * 60 if time_limit else None,
-            max_cost_per_job=max_cost / len(jobs) if max_cost is not None else None,
-            cpus_per_job=cpus_per_job, gpus_per_eval=gpus_per_eval, max_retries=max_retries)
+            run_id=run_id, options=opts, optimize=spec.optimize_config(), llm=llm,
+            deadline=time.time() + spec.time_limit_min * 60 if spec.time_limit_min else None,
+            max_cost_per_job=spec.max_cost_usd / len(jobs) if spec.max_cost_usd is not None else None,
+            cpus_per_job=spec.cpus_per_job, gpus_per_eval=spec.gpus_per_eval, max_retries=spec.max_retries)
+        say = err_console.print if as_json else console.print
         say(f"Batch run {run_id}: {len(jobs)} jobs on Ray ({_resources(resources)}); "
-            + (f"LLM {model}, strategy {strategy}" if llm else f"no LLM: tuning seed kernels ({tuner})"))
+            + (f"LLM {spec.model}, strategy {spec.strategy}" if llm else f"no LLM: tuning seed kernels ({spec.tuner})"))
         try:
             if as_json:
                 summary = batch.run_batch(store, cfg, jobs)
             else:
                 with Live(console=err_console, refresh_per_second=2, transient=True) as live:
                     summary = batch.run_batch(store, cfg, jobs,
-                                              on_progress=lambda b: live.update(_progress_table(b, budget)))
+                                              on_progress=lambda b: live.update(_progress_table(b, spec.budget)))
         except KeyboardInterrupt:
-            err_console.print(f"Interrupted. Resume with: kernelwright batch --resume {run_id}"
-                              + (f" --db {_shown(db)}" if db else "") + (f" --address {address}" if address else "")
-                              + (f" --sandbox docker --image {opts.image}" if opts.sandbox == "docker" else ""))
+            err_console.print(f"Interrupted. Resume with: {resume_hint('batch', run_id, db)}")
             raise typer.Exit(130) from None
     finally:
         batch.shutdown()
@@ -146,15 +141,6 @@ def _options(db: str | None, device: str, timeout: float | None, cpus_per_job: f
     threads = opts.threads if settings.read()["threads"] else max(1, int(cpus_per_job))
     # no timing cores apart: jobs on one node would all time on the same cores at once
     return dataclasses.replace(opts, db=store_db, device=device, threads=threads, timing_cpus=())
-
-
-def _shown(db: str) -> str:
-    """The --db to repeat, without its password (the user has it; logs need not)."""
-    if "://" not in db:
-        return db
-    from sqlalchemy.engine import make_url
-
-    return make_url(db).render_as_string(hide_password=True)
 
 
 def _resources(r: dict[str, float]) -> str:

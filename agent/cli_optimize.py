@@ -1,6 +1,7 @@
 """`kernelwright optimize` and `kernelwright runs`: the main job, and the runs it left."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Optional
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
                        ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
+from agent.runspec import resume_hint
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
 
@@ -43,54 +45,54 @@ def optimize_cmd(
     tune_fraction: float = TuneFractionOpt,
     seed: int = SeedOpt,
     confirm: int = ConfirmOpt,
-    resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run (after a kill or Ctrl-C)"),
+    resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run as it was started (after a kill "
+                                         "or Ctrl-C); its stored flags stand, others given here are ignored"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
     sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
 ) -> None:
     """Optimize kernels for a task set: ask, evaluate, learn, repeat; every result is stored."""
-    from agent.optimize import OptimizeConfig, Optimizer
+    from agent.optimize import Optimizer
+    from agent.runspec import RunSpec, SpecError, shown_url
     from tasks.registry import resolve
 
-    opts = options(db, device, timeout, sandbox, image)
     store = None  # opened after the options are checked: bad input leaves no store behind
-    if resume is not None:
-        store = open_store(opts.db)
-        run = store.run(resume)
-        if run is None or run["command"] != "optimize":
-            raise UserError(f"no optimize run {resume} in {opts.db}")
-        c = run["config"]
-        suite, task, strategy, budget, tuner = c["suite"], c["tasks"], c["strategy"], c["budget"], c["tuner"]
-        tune_fraction, seed, model, base_url, device = c["tune_fraction"], c["seed"], c["model"], c["base_url"], c["device"]
-        confirm = c.get("confirm", confirm)
-        api_key_env, concurrency = c.get("api_key_env", api_key_env), c.get("concurrency", concurrency)
-        opts = options(db, device, timeout, sandbox, image)
-    check_search(strategy, tuner)
-    if budget < 1 or concurrency < 1 or confirm < 0 or not 0.0 <= tune_fraction <= 1.0:
-        raise UserError("--budget and --concurrency must be at least 1, --confirm at least 0, "
-                        "--tune-fraction within 0..1")
-    tasks = resolve(suite if suite or task else "cpu", task)
-    llm_cfg = _llm_config(model, base_url, api_key_env, concurrency)
+    try:
+        if resume is not None:
+            store = open_store(options(db, "cpu", None).db)
+            run = store.run(resume)
+            if run is None or run["command"] != "optimize":
+                raise UserError(f"no optimize run {resume} in {shown_url(options(db, 'cpu', None).db)}")
+            spec = RunSpec.from_json("optimize", run["config"])  # the same run: every flag as it was
+        else:
+            spec = RunSpec("optimize", suite=suite if suite or task else "cpu", tasks=tuple(str(t) for t in task or ()),
+                           strategy=strategy, budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed,
+                           confirm=confirm, model=model, base_url=base_url, api_key_env=api_key_env,
+                           concurrency=concurrency, device=device, sandbox=sandbox, image=image, timeout_s=timeout,
+                           max_cost_usd=max_cost, time_limit_min=time_limit)
+    except SpecError as e:
+        raise UserError(str(e)) from None
+    opts = options(db, spec.device, spec.timeout_s, spec.sandbox, spec.image)
+    check_search(spec.strategy, spec.tuner)
+    tasks = resolve(spec.suite, list(spec.tasks) or None)
+    llm_cfg = _llm_config(spec.model, spec.base_url, spec.api_key_env, spec.concurrency)
+    if resume is None:  # the model and endpoint the settings chose are part of the run
+        spec = dataclasses.replace(spec, model=llm_cfg.model if llm_cfg else None,
+                                   base_url=llm_cfg.base_url if llm_cfg else None,
+                                   tasks=tuple(str(t.path) for t in tasks) if spec.tasks else ())
     store = store or open_store(opts.db)
-    cfg = OptimizeConfig(strategy=strategy, budget=budget, time_limit_s=time_limit * 60 if time_limit else None,
-                         max_cost_usd=max_cost, concurrency=concurrency, tuner=tuner, tune_fraction=tune_fraction,
-                         seed=seed, confirm=confirm)
+    cfg = spec.optimize_config()
     if resume is None:
-        run_id = store.start_run("optimize", {
-            "suite": suite if suite or task else "cpu", "tasks": [str(t.path) for t in tasks] if task else [],
-            "strategy": strategy, "budget": budget, "tuner": tuner, "tune_fraction": tune_fraction, "seed": seed,
-            "confirm": confirm, "model": llm_cfg.model if llm_cfg else None,
-            "base_url": llm_cfg.base_url if llm_cfg else None,
-            "api_key_env": api_key_env, "concurrency": concurrency, "device": device}, device)
+        run_id = store.start_run("optimize", spec.to_json(), spec.device)
     else:
         run_id = resume
         store.reopen_run(run_id)
     say = err_console.print if as_json else console.print
     if llm_cfg is None:
-        say(f"No LLM configured (--model): tuning the seed kernels' knobs with the {tuner} search.")
+        say(f"No LLM configured (--model): tuning the seed kernels' knobs with the {spec.tuner} search.")
     else:
         from agent.llm import describe_endpoint
 
-        say(f"LLM: {describe_endpoint(llm_cfg)}; strategy {strategy}; run {run_id}")
+        say(f"LLM: {describe_endpoint(llm_cfg)}; strategy {spec.strategy}; run {run_id}")
     llm = None
     if llm_cfg is not None:
         from agent.llm import LLMClient
@@ -109,8 +111,7 @@ def optimize_cmd(
                 summary = opt.run()
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
-        err_console.print(f"Interrupted. Resume with: kernelwright optimize --resume {run_id}"
-                          + (f" --db {db}" if db else ""))
+        err_console.print(f"Interrupted. Resume with: {resume_hint('optimize', run_id, db)}")
         raise typer.Exit(130) from None
     except BaseException:
         store.finish_run(run_id, "failed")

@@ -6,6 +6,7 @@ a Retry-After header is honoured. `complete` never raises for API failures: the 
 """
 from __future__ import annotations
 
+import logging
 import dataclasses
 import email.utils
 import json
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import openai
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+_log = logging.getLogger(__name__)
 
 # Passed explicitly so the openai package never falls back to OPENAI_BASE_URL from the environment.
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -228,7 +231,12 @@ class LLMClient:
             return response
 
         retrying = Retrying(stop=stop_after_attempt(cfg.max_attempts), wait=self._wait,
-                            retry=retry_if_exception(_retryable), reraise=True)
+                            retry=retry_if_exception(_retryable), reraise=True,
+                            before_sleep=lambda st: _log.debug("LLM request failed (%s); attempt %d of %d next",
+                                                               type(st.outcome.exception()).__name__,
+                                                               st.attempt_number + 1, cfg.max_attempts))
+        _log.debug("LLM request to %s: %d messages, %d characters", cfg.model, len(messages),
+                   sum(len(str(m.get("content", ""))) for m in messages))
         try:
             response = retrying(attempt)
         except (openai.APIError, _Malformed) as exc:
@@ -236,7 +244,10 @@ class LLMClient:
                               latency_s=time.monotonic() - start, cost_usd=0.0, attempts=attempts,
                               error=_describe_failure(exc, attempts, cfg),
                               cost_known=price_of(cfg.model, cfg.prices) is not None)
-        return self._completion(response, attempts, time.monotonic() - start)
+        done = self._completion(response, attempts, time.monotonic() - start)
+        _log.debug("LLM answer from %s: %d tokens in, %d out, %.2f s, %d attempt(s)", done.model, done.tokens_in,
+                   done.tokens_out, done.latency_s, attempts)
+        return done
 
     def _completion(self, response: Any, attempts: int, latency_s: float) -> Completion:
         cfg = self.cfg

@@ -9,6 +9,7 @@ worst-case cost is reserved before it is made).
 """
 from __future__ import annotations
 
+import logging
 import dataclasses
 import random
 import threading
@@ -21,6 +22,8 @@ from agent.reward import RewardConfig, reward
 from agent.strategies import Member
 from store.rows import candidate_id as content_id
 from tasks.spec import Task
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +172,8 @@ class Optimizer:
         if self.cfg.max_cost_usd is not None:
             worst = self.llm.worst_case_cost()
             if self.spend["cost_usd"] + self.reserved + worst > self.cfg.max_cost_usd:
+                _log.debug("stopping: the next call's worst case would pass the max cost (%.4f + %.4f + %.4f > %.4f USD)",
+                           self.spend["cost_usd"], self.reserved, worst, self.cfg.max_cost_usd)
                 self.stopped_by = self.stopped_by or "max_cost"
                 self.stop.set()
                 return None
@@ -252,6 +257,8 @@ class Optimizer:
     def _evaluate(self, tr: _TaskRun, proposal: propose.Proposal, call: dict | None) -> dict[str, Any]:
         assert proposal.source is not None
         slow_ms = 3.0 * tr.best_ms if tr.best_ms else None
+        _log.debug("%s: evaluating a %s proposal%s (%d evaluated so far)", tr.task.name, proposal.origin,
+                   f" with knobs {proposal.knobs}" if proposal.knobs else "", tr.evaluated)
         v = self.evaluator.evaluate(tr.task, proposal.source, slow_ms=slow_ms)  # it shares the device fairly
         out = {**v.to_json(), "log": v.log}
         r = reward(out, self.cfg.reward, flops=tr.task.meta.flops, nbytes=tr.task.meta.bytes)

@@ -21,6 +21,12 @@ def _ceilings_mode(raw: str) -> str:
     return raw.lower()
 
 
+def _log_level(raw: str) -> str:
+    if raw.lower() not in ("debug", "info", "warning"):
+        raise ValueError(raw)
+    return raw.lower()
+
+
 SETTINGS: dict[str, Setting] = {
     "db": Setting("KERNELWRIGHT_DB", "kernelwright.db", str, "store: SQLite path or SQLAlchemy URL"),
     "cache": Setting("KERNELWRIGHT_CACHE", str(Path.home() / ".cache" / "kernelwright"), str,
@@ -40,6 +46,9 @@ SETTINGS: dict[str, Setting] = {
                         "peak fraction and no physical-bound gate)"),
     "base_url": Setting("OPENAI_BASE_URL", "", str, "OpenAI-compatible endpoint"),
     "model": Setting("KERNELWRIGHT_MODEL", "", str, "LLM model name"),
+    "log": Setting("KERNELWRIGHT_LOG", "warning", _log_level,
+                   "what goes to stderr: debug (what the loop, the evaluator and the sandbox do; as --verbose), "
+                   "info or warning"),
 }
 
 

@@ -5,6 +5,7 @@ physical-bound gate. Each step raises Fail, or a worker error, to stop.
 """
 from __future__ import annotations
 
+import logging
 import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Iterator
@@ -21,6 +22,8 @@ from sandbox.process import Worker, WorkerDied, WorkerError
 from sandbox.protocol import ProtocolError, unpack_tree
 from tasks import work as task_work
 from tasks.spec import Task
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from evaluator.cascade import Evaluator
@@ -80,6 +83,10 @@ class CandidateRun:
             t = time.monotonic()
             params = self.time(slow_ms)
             self.stages["timing"] = time.monotonic() - t
+            if self.timing is not None:
+                _log.debug("%s: %d timing rounds, median %.4g ms a call (reference %.4g ms)", self.task.name,
+                           len(self.timing.samples_ms), self.timing.median_ms,
+                           self.ref_timing.median_ms if self.ref_timing else float("nan"))
         with lock.shared():  # sampling needs no timing core: other candidates may be timed meanwhile
             if self.device == "cpu":
                 self._attribute(params)

@@ -8,6 +8,7 @@ raises.
 """
 from __future__ import annotations
 
+import logging
 import contextlib
 import dataclasses
 import secrets
@@ -27,6 +28,8 @@ from sandbox import ptxas
 from sandbox.process import ProcessSandbox, WorkerDied, WorkerError, WorkerTimeout
 from tasks import work as task_work
 from tasks.spec import Task
+
+_log = logging.getLogger(__name__)
 
 MAX_RECHECKS = 2  # ceilings re-measured before a beyond_roofline verdict, per evaluator
 
@@ -138,6 +141,8 @@ class Evaluator:
             if self._rechecks >= MAX_RECHECKS:
                 return None
             self._rechecks += 1
+            _log.debug("re-measuring the ceilings before a beyond_roofline verdict (%d of %d)", self._rechecks,
+                       MAX_RECHECKS)
             try:
                 self.ceilings = ceilings_mod.remeasure(self.ceilings)
             except ceilings_mod.CeilingError:
@@ -199,6 +204,7 @@ class Evaluator:
         if self.cfg.policy.static_screen and findings:
             return Verdict(Status.REJECTED, str(findings[0]), flags=tuple(str(f) for f in findings[1:]))
         stages = {"static": time.monotonic() - t0}
+        _log.debug("%s: evaluating a candidate of %d bytes (static screen passed)", task.name, len(source))
         ref = self.reference(task)
         fp = self.fingerprint(task)  # (the reference started above: no device work here)
         worker = self.sandbox.spawn(self.cfg.timeout_s + 30, files={"task.py": task.source, "candidate.py": source})
@@ -223,6 +229,8 @@ class Evaluator:
             status, reason = Status.REJECTED, refused
         stages.update(run.stages)
         stages["total"] = time.monotonic() - t0
+        _log.debug("%s: %s%s in %.2f s (%s)", task.name, status.value, f": {reason[:160]}" if reason else "",
+                   stages["total"], ", ".join(f"{k} {v:.2f}" for k, v in stages.items() if k != "total"))
         flags = [f"sandbox: {n}" for n in [*self.sandbox.notes, *worker.notes]] + self._task_flags.get(task.source_hash, []) + run.flags
         resources = tuple(k for b in worker.builds if b.ok for k in ptxas.parse(b.log))
         return Verdict(status=status, reason=reason, trials=tuple(run.trials), resources=resources,

@@ -155,6 +155,7 @@ class DockerSandbox:
             raise DockerUnavailable(f"no docker image {docker_cfg.image!r} here "
                                     "(build one with `kernelwright sandbox build-image`)") from None
         self.run_id = uuid.uuid4().hex[:10]
+        self._sweep()
         self.run_dir = cfg.root.resolve() / f"docker-{self.run_id}"  # docker mounts need absolute paths
         # a UNIX socket's path has room for about 100 bytes: a deep work directory gets its
         # sockets' directories under the temp dir instead
@@ -171,6 +172,15 @@ class DockerSandbox:
         self._removals: list[concurrent.futures.Future] = []
         self._spawned = False
         self._closed = False
+
+    def _sweep(self) -> None:
+        """Remove exited workers' containers a killed supervisor left behind (it could not remove
+        them itself); a live sandbox removes its own as they exit, so only leftovers are found."""
+        try:
+            for c in self.client.containers.list(all=True, filters={"label": LABEL, "status": "exited"}):
+                c.remove(force=True)
+        except Exception:  # noqa: BLE001 - removed meanwhile, or the engine refused: not this run's concern
+            pass
 
     def build(self, spec: CompileSpec) -> BuildResult:
         return build(spec, self.cfg.compiler)
@@ -362,6 +372,7 @@ class DockerSandbox:
                 c.remove(force=True)
         except Exception:  # noqa: BLE001
             pass
+        self._sweep()  # and a killed run's workers that exited since this one started
         self._bg.shutdown(wait=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.sock_root, ignore_errors=True)

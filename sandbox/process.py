@@ -6,6 +6,7 @@ from its pid-1 parent, the clock is the supervisor's, builds are done by the sup
 """
 from __future__ import annotations
 
+import logging
 import dataclasses
 import json
 import os
@@ -28,6 +29,8 @@ from sandbox import protocol, stamped
 from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
 from sandbox import cpus as placement
 from sandbox.limits import Cgroup, total_memory
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,7 +314,10 @@ class ProcessSandbox:
         self.lender = placement.Lender(cfg.timing_cpus) if cfg.timing_cpus else None
 
     def build(self, spec: CompileSpec) -> BuildResult:
-        return build(spec, self.cfg.compiler)
+        result = build(spec, self.cfg.compiler)
+        _log.debug("build %s (%s): %s, %s in %.2f s", result.key[:12], spec.lang, "ok" if result.ok else "failed",
+                   "cached" if result.cached else "compiled", result.seconds)
+        return result
 
     def _start_zygote(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -403,6 +409,8 @@ class ProcessSandbox:
         if not reply:
             raise RuntimeError("the fork server died")
         pid = int(json.loads(reply)["pid"])
+        _log.debug("worker %s: pid %d, %s, cgroup %s, timeout %.0f s", name, pid,
+                   "namespaces" if self.isolate else "no namespaces", "yes" if cgroup else "no", hard_timeout_s)
         lender = self.lender if cgroup else None
         if lender:
             lender.add_cgroup(cgroup)

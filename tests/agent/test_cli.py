@@ -15,8 +15,9 @@ DATA = Path(__file__).resolve().parent.parent / "data"
 SUITE = Path(__file__).resolve().parents[2] / "tasks" / "suites" / "cpu"
 
 
-def kw(*args: str, cwd: Path, cache: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "KERNELWRIGHT_CACHE": str(cache), "KERNELWRIGHT_TIMEOUT": "60"}
+def kw(*args: str, cwd: Path, cache: Path, timeout: int = 300,
+       env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KERNELWRIGHT_CACHE": str(cache), "KERNELWRIGHT_TIMEOUT": "60", **(env or {})}
     env.pop("KERNELWRIGHT_DB", None)
     return subprocess.run([sys.executable, "-m", "agent.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -154,3 +155,19 @@ def test_compile_cpu(work):
     (tmp / "bad.py").write_text(FAST.replace("float m = -INFINITY;", "float m = ;"))
     r = kw("compile", "bad.py", "--device", "cpu", "--json", cwd=tmp, cache=cache)
     assert r.returncode == 1 and "error" in json.loads(r.stdout)["error"]
+
+
+def test_verbose_says_what_the_evaluator_and_sandbox_do_and_leaves_the_verdict_alone(work):
+    tmp, cache = work
+    quiet = kw("eval", str(DATA / "softmax_small.py"), "fast.py", "--json", "--db", "q.db", cwd=tmp, cache=cache)
+    loud = kw("--verbose", "eval", str(DATA / "softmax_small.py"), "fast.py", "--json", "--db", "v.db", cwd=tmp, cache=cache)
+    assert quiet.returncode == 0 and loud.returncode == 0, (quiet.stderr, loud.stderr)
+    a, b = json.loads(quiet.stdout), json.loads(loud.stdout)  # stdout stays one JSON object
+    assert a["status"] == b["status"] == "ok" and a["correct"] == b["correct"]
+    for said in ("evaluator.cascade: softmax_small: evaluating", "sandbox.process: worker ", "sandbox.process: build ",
+                 "evaluator.candidate: softmax_small: ", "evaluator.cascade: softmax_small: ok in "):
+        assert said in loud.stderr, (said, loud.stderr)
+    assert "sandbox.process" not in quiet.stderr and "evaluator.cascade" not in quiet.stderr
+    bad = kw("eval", str(DATA / "softmax_small.py"), "fast.py", cwd=tmp, cache=cache,
+             env={"KERNELWRIGHT_LOG": "loud"})
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "KERNELWRIGHT_LOG" in bad.stderr, bad.stderr

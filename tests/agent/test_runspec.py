@@ -1,0 +1,108 @@
+"""One run specification (agent/runspec.py): built from the flags, stored, read back on --resume.
+
+The drift it ends: `optimize --resume` lost the sandbox, image and max-cost of the run, `batch`
+stored sandbox and image but never read them back, and optimize's resume hint showed the
+database URL with its password."""
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from agent.runspec import RunSpec, SpecError, resume_hint, shown_url
+from store import Store
+from tests.agent.fake_openai import ok
+from tests.agent.test_optimize import _evaluated, _kw, fenced
+from tests.data.candidates import scale
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def test_a_spec_survives_the_store_and_old_records_read_back():
+    spec = RunSpec("batch", tasks=("a.py",), sandbox="docker", image="kw:1", max_cost_usd=2.5, time_limit_min=3.0,
+                   address="ray://h:1", workers=4)
+    assert RunSpec.from_json("batch", json.loads(json.dumps(spec.to_json()))) == spec
+    old = {"suite": "cpu", "tasks": [], "strategy": "evolve", "budget": 3, "tuner": "pattern", "tune_fraction": 0.25,
+           "seed": 0, "model": None, "base_url": None, "api_key_env": "K", "concurrency": 2, "device": "cpu",
+           "max_cost": 1.5, "gone_field": 1}  # a batch record from before the spec: max_cost, no sandbox
+    back = RunSpec.from_json("batch", old)
+    assert back.max_cost_usd == 1.5 and back.sandbox == "process" and back.budget == 3 and back.api_key_env == "K"
+    cfg = RunSpec("optimize", max_cost_usd=2.0, time_limit_min=0.5).optimize_config()
+    assert cfg.max_cost_usd == 2.0 and cfg.time_limit_s == 30.0
+    per_job = spec.optimize_config()  # a batch shares cost and time out itself
+    assert per_job.max_cost_usd is None and per_job.time_limit_s is None
+
+
+@pytest.mark.parametrize("kw, message", [({"budget": 0}, "--budget"), ({"tune_fraction": 2.0}, "--tune-fraction"),
+                                         ({"max_cost_usd": -1.0}, "--max-cost"), ({"time_limit_min": 0.0}, "--time-limit"),
+                                         ({"command": "batch", "workers": 0}, "--workers")])
+def test_a_spec_that_cannot_run_is_refused_in_one_line(kw, message):
+    with pytest.raises(SpecError, match=message):
+        RunSpec(**{"command": "optimize", **kw})
+
+
+def test_urls_shown_never_carry_a_password():
+    url = "postgresql+psycopg://kw:s3cret@db.example:5432/kw"
+    assert "s3cret" not in shown_url(url) and "db.example" in shown_url(url)
+    assert shown_url("/tmp/kw.db") == "/tmp/kw.db"
+    hint = resume_hint("optimize", 4, url)
+    assert hint.startswith("kernelwright optimize --resume 4 --db ") and "s3cret" not in hint
+
+
+@pytest.mark.parametrize("command", ["optimize", "batch"])
+def test_resume_reads_the_sandbox_and_image_back(command, tmp_path, monkeypatch):
+    """A stored run on an image this machine does not have: resuming it must look that image up
+    (and fail, in one line), not fall back to the process sandbox of today's defaults."""
+    from agent import cli_batch, cli_optimize  # noqa: F401 - registers the commands
+    from agent.app import app
+
+    monkeypatch.delenv("KERNELWRIGHT_DEBUG", raising=False)
+    db = tmp_path / "kw.db"
+    spec = RunSpec(command, sandbox="docker", image="kernelwright-no-such-image:0", max_cost_usd=1.0)
+    with Store.open(str(db), tmp_path / "kw.db") as st:
+        run_id = st.start_run(command, spec.to_json(), "cpu")
+    r = CliRunner().invoke(app, [command, "--resume", str(run_id), "--db", str(db)])
+    assert r.exit_code == 2 and r.output.count("\n") == 1, r.output
+    assert "kernelwright-no-such-image:0" in r.output or "docker" in r.output, r.output
+
+
+def test_a_killed_docker_run_resumes_as_the_same_run(fake_openai, docker_image, tmp_path, cache_dir):
+    """Killed mid-run, then `--resume N` alone: the resumed evaluations run in the same docker
+    image and the run's max-cost still stops it, counting what was spent before the kill."""
+    counter = iter(range(10**6))
+    # each call costs about $0.18 at gpt-4o's prices, near the worst case reserved for it
+    fake_openai.responder = lambda r: ok(fenced(scale(1 + next(counter) % 5, "v")), tokens_in=40_000,
+                                         tokens_out=8_000, delay_s=0.2)
+    db = tmp_path / "kw.db"
+    args = ["optimize", "--task", str(DATA / "scale_small.py"), "--model", "gpt-4o", "--base-url", fake_openai.url,
+            "--budget", "30", "--concurrency", "1", "--max-cost", "1.0", "--sandbox", "docker",
+            "--image", docker_image, "--confirm", "0", "--db", str(db), "--json"]
+    proc = _kw(args, tmp_path, cache_dir)
+    deadline = time.monotonic() + 240
+    while _evaluated(db) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(db) as c:
+        stored = json.loads(c.execute("select config from runs").fetchone()[0])
+        calls_before = c.execute("select count(*) from llm_calls").fetchone()[0]
+    resumed = _kw(["optimize", "--resume", "1", "--db", str(db), "--json"], tmp_path, cache_dir)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["run_id"] == 1 and summary["stopped_by"] == "max_cost", summary
+    assert summary["cost_usd"] <= 1.0 and summary["llm_calls"] > calls_before
+    with sqlite3.connect(db) as c:
+        assert json.loads(c.execute("select config from runs").fetchone()[0]) == stored
+        fingerprints = [json.loads(f) for (f,) in c.execute("select fingerprint from evaluations")]
+    assert stored["sandbox"] == "docker" and stored["image"] == docker_image and stored["max_cost_usd"] == 1.0
+    assert {f.get("sandbox") for f in fingerprints} == {f"docker {docker_image}"}
+    from sandbox.docker import LABEL, client_or_raise
+    left = client_or_raise().containers.list(all=True, filters={"label": LABEL, "status": "exited"})
+    assert left == []  # the killed run's exited containers were swept by the resumed one, which removed its own
