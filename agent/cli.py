@@ -22,6 +22,8 @@ def eval_cmd(
     as_json: bool = JsonOpt, sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
 ) -> None:
     """Evaluate one candidate against a task, store the result and print the verdict."""
+    from agent.judge import Record, judge
+    from agent.reward import RewardConfig
     from tasks.spec import load_task
 
     task = load_task(task_file)
@@ -29,13 +31,13 @@ def eval_cmd(
     opts = options(db, device, timeout, sandbox, image)
     store = open_store(opts.db)  # opened first: a bad --db fails before any work
     with evaluator(opts) as ev:
-        verdict = ev.evaluate(task, source)
-    out = verdict.to_json()
+        done = judge(ev, task, source, RewardConfig(), confirm_outliers=False)
     task_id = store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
     run_id = store.start_run("eval", {"task": str(task.path), "candidate": str(candidate_file)}, device)
-    candidate_id, evaluation_id = store.record(task_id, source, {**out, "log": verdict.log}, origin="user", run_id=run_id)
+    done = done.save(store, Record(task_id, "user", run_id))
     store.finish_run(run_id, "finished")
-    out.update({"candidate_id": candidate_id, "evaluation_id": evaluation_id, "task": task.name})
+    out = {k: v for k, v in done.out.items() if k != "log"}
+    out.update({"candidate_id": done.candidate_id, "evaluation_id": done.evaluation_id, "task": task.name})
     if as_json:
         typer.echo(json.dumps(out))
         return

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 from agent import propose, strategies
 from agent.llm import LLMClient
-from agent.reward import RewardConfig, reward
+from agent.judge import Record, judge
+from agent.reward import RewardConfig
 from agent.strategies import Member
 from store.rows import candidate_id as content_id
 from tasks.spec import Task
@@ -248,31 +249,18 @@ class Optimizer:
 
     def _remeasure(self, tr: _TaskRun, cid: str) -> None:
         cand = self.store.candidate(cid)
-        v = self.evaluator.evaluate(tr.task, cand["source"])
-        out = {**v.to_json(), "log": v.log}
-        r = reward(out, self.cfg.reward, flops=tr.task.meta.flops, nbytes=tr.task.meta.bytes)
-        self.store.record(tr.task_id, cand["source"], out, origin=cand["origin"], run_id=self.run_id,
-                          reward=r.value, reward_note=r.note or None, strategy="confirm")
+        judge(self.evaluator, tr.task, cand["source"], self.cfg.reward, self.store,
+              Record(tr.task_id, cand["origin"], self.run_id, strategy="confirm"), confirm_outliers=False)
 
     def _evaluate(self, tr: _TaskRun, proposal: propose.Proposal, call: dict | None) -> dict[str, Any]:
         assert proposal.source is not None
         slow_ms = 3.0 * tr.best_ms if tr.best_ms else None
         _log.debug("%s: evaluating a %s proposal%s (%d evaluated so far)", tr.task.name, proposal.origin,
                    f" with knobs {proposal.knobs}" if proposal.knobs else "", tr.evaluated)
-        v = self.evaluator.evaluate(tr.task, proposal.source, slow_ms=slow_ms)  # it shares the device fairly
-        out = {**v.to_json(), "log": v.log}
-        r = reward(out, self.cfg.reward, flops=tr.task.meta.flops, nbytes=tr.task.meta.bytes)
-        note = r.note
-        if r.needs_confirmation:  # a second, independent measurement before the reward counts
-            again = self.evaluator.evaluate(tr.task, proposal.source)
-            if again.status.value == "ok" and again.speedup and again.speedup > 0.8 * (v.speedup or 0):
-                r = reward(out, self.cfg.reward, confirmed=True, flops=tr.task.meta.flops, nbytes=tr.task.meta.bytes)
-                note = f"confirmed by a second measurement ({again.speedup:.2f}x)"
-            else:
-                note += f"; not confirmed (second measurement: {again.status.value}, {again.speedup or 0:.2f}x)"
-        cid, _ = self.store.record(tr.task_id, proposal.source, out, origin=proposal.origin, run_id=self.run_id,
-                                   parent_id=proposal.parent_id, knobs=proposal.knobs, reward=r.value,
-                                   reward_note=note or None, strategy=self._strategy_name(proposal), llm_call=call)
+        done = judge(self.evaluator, tr.task, proposal.source, self.cfg.reward, self.store,  # shares the device fairly
+                     Record(tr.task_id, proposal.origin, self.run_id, strategy=self._strategy_name(proposal),
+                            parent_id=proposal.parent_id, knobs=proposal.knobs, llm_call=call), slow_ms=slow_ms)
+        out, r, cid = done.out, done.reward, done.candidate_id
         with self.lock:
             tr.members.append(Member(cid, proposal.parent_id, out["status"], out.get("speedup"), r.value,
                                      proposal.knobs, proposal.origin))

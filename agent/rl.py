@@ -15,7 +15,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from agent.parse import extract
-from agent.reward import FAILURE, RewardConfig, reward
+from agent.judge import Record, judge
+from agent.reward import FAILURE, RewardConfig
 from tasks.spec import Task
 
 
@@ -49,15 +50,14 @@ class KernelReward:
         if got.source is None:
             self.last.append({"status": "format_error", "reason": got.reason, "speedup": None})
             return FAILURE["format_error"]
-        verdict = self.evaluator.evaluate(task, got.source)
-        out = {**verdict.to_json(), "log": verdict.log}
-        r = reward(out, self.cfg, flops=task.meta.flops, nbytes=task.meta.bytes)
-        self.last.append({"status": out["status"], "reason": out["reason"], "speedup": out["speedup"]})
+        record = None
         if self.store is not None:
             task_id = self.store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
-            self.store.record(task_id, got.source, out, origin="llm", run_id=self.run_id, reward=r.value,
-                              reward_note=r.note or None, strategy="rl")
-        return r.value
+            record = Record(task_id, "llm", self.run_id, strategy="rl")
+        done = judge(self.evaluator, task, got.source, self.cfg, self.store, record, confirm_outliers=False)
+        out = done.out
+        self.last.append({"status": out["status"], "reason": out["reason"], "speedup": out["speedup"]})
+        return done.reward.value
 
 
 def _text(completion: Any) -> str:
