@@ -159,6 +159,16 @@ def _kw(args: list[str], tmp: Path, cache: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def kill_after(proc: subprocess.Popen, db: Path, evaluations: int) -> None:
+    """kill -9 a running `kernelwright` once its store holds this many evaluations."""
+    deadline = time.monotonic() + 240
+    while _evaluated(db) < evaluations and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 def _evaluated(db: Path) -> int:
     if not db.exists():
         return 0
@@ -181,13 +191,7 @@ def test_kill_and_resume_lose_and_repeat_nothing(fake_openai, tmp_path, cache_di
     db = tmp_path / "kw.db"
     args = ["optimize", "--task", str(DATA / "softmax_small.py"), "--task", str(DATA / "scale_small.py"),
             "--model", "gpt-4o", "--base-url", fake_openai.url, "--budget", "5", "--db", str(db), "--json"]
-    proc = _kw(args, tmp_path, cache_dir)
-    deadline = time.monotonic() + 240
-    while _evaluated(db) < 3 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(_kw(args, tmp_path, cache_dir), db, 3)
     before = _evaluated(db)
     assert 3 <= before < 10
     with sqlite3.connect(db) as c:

@@ -6,9 +6,7 @@ database URL with its password."""
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,7 @@ from typer.testing import CliRunner
 from agent.runspec import RunSpec, SpecError, resume_hint, shown_url
 from store import Store
 from tests.agent.fake_openai import ok
-from tests.agent.test_optimize import _evaluated, _kw, fenced
+from tests.agent.test_optimize import _kw, fenced, kill_after
 from tests.data.candidates import scale
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -82,13 +80,7 @@ def test_a_killed_docker_run_resumes_as_the_same_run(fake_openai, docker_image, 
     args = ["optimize", "--task", str(DATA / "scale_small.py"), "--model", "gpt-4o", "--base-url", fake_openai.url,
             "--budget", "30", "--concurrency", "1", "--max-cost", "1.0", "--sandbox", "docker",
             "--image", docker_image, "--confirm", "0", "--db", str(db), "--json"]
-    proc = _kw(args, tmp_path, cache_dir)
-    deadline = time.monotonic() + 240
-    while _evaluated(db) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after(_kw(args, tmp_path, cache_dir), db, 2)
     with sqlite3.connect(db) as c:
         stored = json.loads(c.execute("select config from runs").fetchone()[0])
         calls_before = c.execute("select count(*) from llm_calls").fetchone()[0]
