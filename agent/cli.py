@@ -159,6 +159,7 @@ def main() -> None:
     from agent import cli_batch  # noqa: F401 - registers `batch`
     from agent import cli_review  # noqa: F401 - registers its commands on the app
     from agent import cli_device  # noqa: F401 - registers `device`
+    from agent import cli_e2e  # noqa: F401 - registers `e2e`
 
     app()
 

@@ -214,24 +214,32 @@ def report_cmd(out: Path = typer.Option(..., "--out", help="HTML file to write")
 @app.command("export")
 @cli_errors
 def export_cmd(out: Path = typer.Option(..., "--out", help="Directory to write the package project into"),
-               name: str = typer.Option("kw_kernels", "--name", help="Python package name"),
-               min_speedup: Optional[float] = typer.Option(None, "--min-speedup",
-                                                           help="Only kernels at least this fast"),
+               name: str = typer.Option("kw_kernels", "--name", help="Python package name (and torch.ops namespace)"),
+               min_speedup: Optional[float] = typer.Option(
+                   None, "--min-speedup", help="Ship kernels at least this fast [default: only kernels faster than "
+                   "eager by more than their measured spread]"),
                device: Optional[str] = typer.Option(None, "--device", help="Only kernels measured on cpu or cuda"),
+               build: bool = typer.Option(False, "--build", help="Compile the kernels now and ship the binaries "
+                                          "for this machine's CPU/GPU"),
                db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> None:
-    """Write the best correct kernel of every task as a pip-installable package."""
+    """Write the best correct kernel of every task as a pip-installable package of PyTorch custom ops."""
     from agent.export import ExportConfig, export
 
-    manifest = export(_store(db), ExportConfig(out=out, name=name, min_speedup=min_speedup, device=_device(device)))
+    manifest = export(_store(db), ExportConfig(out=out, name=name, min_speedup=min_speedup, device=_device(device),
+                                               build=build))
     if as_json:
         typer.echo(json.dumps(manifest))
         return
-    table = Table("function", "speedup", "peak", "device", "candidate", "evaluation")
+    table = Table("function", "speedup", "peak", "pattern", "device", "candidate", "evaluation")
     for e in manifest["tasks"]:
         table.add_row(f"{name}.{e['function']}", _x(e["speedup"]), peak_short(e["peak_fraction"], e["bound"]),
-                      e["device"], e["candidate_id"],
+                      (e.get("binding") or {}).get("pattern", "-"), e["device"], e["candidate_id"],
                       str(e["evaluation_id"]))
     console.print(table)
+    for e in manifest["left_out"]:
+        console.print(f"[yellow]left out[/yellow] {escape(e['task'])}: {escape(e['reason'])}")
+    if manifest.get("prebuilt"):
+        console.print(f"Shipped {manifest['prebuilt']['libs']} prebuilt kernel binaries for this machine.")
     console.print(f"Install with: pip install {out}   then check: python -m {name}.selftest")
 
 

@@ -2,15 +2,22 @@
 
     <out>/pyproject.toml, README.md
     <out>/<name>/__init__.py       one function per task, with the reference's forward signature
-    <out>/<name>/_dispatch.py      preconditions, kernel-or-reference dispatch (agent/export_support.py)
+    <out>/<name>/_ops.py           torch.ops.<name>.<task>: custom ops with fake implementations
+    <out>/<name>/_dispatch.py      preconditions, kernel-or-reference dispatch; _models.py: models per configuration
+    <out>/<name>/_apply.py         apply(model) / restore(model); _patterns.py: what a kernel may replace
     <out>/<name>/_runtime.py       the fast path and its compiler, generated from sandbox/
+    <out>/<name>/_prebuilt.py      shipped binaries (--build) and the machine they were built for
     <out>/<name>/kernels/<t>.py    the candidate, importing _runtime instead of kernelwright
-    <out>/<name>/references/<t>.py the task file (fallback and self-test)
-    <out>/<name>/manifest.json     task, speedup, peak fraction, fingerprint, evaluation, candidate, source hash
+    <out>/<name>/references/<t>.py the task file (fallback, fake implementation and self-test)
+    <out>/<name>/manifest.json     per task: speedup and spread, fingerprint, evaluation, candidate, source
+                                   hash, op schema, shape rules, pattern; the tasks left out and why
     <out>/<name>/selftest.py       python -m <name>.selftest
 
-The package must not import kernelwright, so its runtime is generated from kernelwright's own
-sandbox sources at export time (one copy of that code, in the repo, ever).
+The files that are the same for every package live in agent/export_template/ and are copied
+verbatim. The package must not import kernelwright, so its runtime is generated from
+kernelwright's own sandbox sources at export time (one copy of that code, in the repo, ever).
+The package is written into a staging folder beside --out and renamed into place when
+complete: a failed export leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -20,18 +27,29 @@ import datetime as dt
 import hashlib
 import json
 import keyword
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent import export_support
+from agent import export_describe, export_select, export_text
 from sandbox import compiler, fastpath
-from tasks.spec import Task, TaskError, import_file, load_task
+from tasks.spec import Task, TaskError, load_task
 
 KERNELWRIGHT_PACKAGES = {"agent", "sandbox", "evaluator", "tasks", "store"}
-RESERVED = {"last_path", "last_reason", "manifest", "selftest", "kernels", "references"}
+# op namespaces torch itself uses: a package of that name would clash in torch.ops
+TORCH_NAMESPACES = {"torch", "aten", "prim", "prims", "quantized", "_quantized", "mkldnn", "onednn", "cuda", "inductor",
+                    "higher_order", "profiler", "c10d", "_c10d_functional", "fbgemm", "sparse", "_test"}
+RESERVED = {"last_path", "last_reason", "path_counts", "kernel_origin", "manifest", "selftest", "kernels", "references",
+            "apply", "restore", "op", "Applied", "Replacement"}
+TEMPLATE = Path(__file__).with_name("export_template")
+TEMPLATE_FILES = ("_dispatch.py", "_models.py", "_ops.py", "_apply.py", "_patterns.py", "_prebuilt.py", "selftest.py")
 INIT_SEED = 0  # weights of the exported modules are drawn under this seed
+BUILD_TIMEOUT_S = 900
 
 
 class ExportError(ValueError):
@@ -42,51 +60,125 @@ class ExportError(ValueError):
 class ExportConfig:
     out: Path
     name: str = "kw_kernels"
-    min_speedup: float | None = None
+    min_speedup: float | None = None  # None: ship a kernel only when it beats eager by more than its spread
     device: str | None = None  # only kernels measured on this device (cpu or cuda)
+    build: bool = False  # compile the kernels now and ship the binaries for this machine
     version: str = "0.1.0"
 
 
 def export(store: Any, cfg: ExportConfig) -> dict[str, Any]:
     """Write the package; returns its manifest."""
     if not re.fullmatch(r"[a-z_][a-z0-9_]*", cfg.name) or keyword.iskeyword(cfg.name) \
-            or cfg.name in KERNELWRIGHT_PACKAGES | {"torch"}:
+            or cfg.name in KERNELWRIGHT_PACKAGES | TORCH_NAMESPACES:
         raise ExportError(f"--name {cfg.name!r}: use a lower-case Python identifier that is not a kernelwright "
                           "package or torch")
-    if cfg.out.exists() and any(cfg.out.iterdir()):
+    if cfg.out.exists() and (not cfg.out.is_dir() or any(cfg.out.iterdir())):
         raise ExportError(f"{cfg.out} exists and is not empty")
-    rows = _newest_per_name([r for r in store.best(device=cfg.device)
-                             if cfg.min_speedup is None or r["speedup"] >= cfg.min_speedup])
+    rows = _newest_per_name(store.best(device=cfg.device))
+    kept, left_out = export_select.choose(store, rows, cfg.min_speedup)
+    if not kept:
+        raise ExportError(_nothing(rows, left_out, cfg))
+    created = [p for p in [cfg.out.parent, *cfg.out.parent.parents] if not p.exists()]
+    try:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        stage = cfg.out.parent / f".{cfg.out.name}.partial-{os.getpid()}-{os.urandom(4).hex()}"
+        stage.mkdir()  # (mkdtemp's folder would keep mode 0700 once renamed into place)
+    except OSError as e:
+        raise ExportError(f"cannot write {cfg.out}: {e.strerror}") from None
+    try:
+        manifest = _write(store, cfg, stage, kept, left_out)
+        if cfg.build:
+            manifest["prebuilt"] = _prebuild(stage, cfg.name)
+            (stage / cfg.name / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+        (stage / "README.md").write_text(export_text.readme(cfg.name, manifest["tasks"], left_out, _rule(cfg),
+                                                            _prebuilt_text(cfg.name, manifest.get("prebuilt"))))
+        if cfg.out.exists():
+            cfg.out.rmdir()  # empty (checked above): the rename needs the name free
+        os.rename(stage, cfg.out)
+    except BaseException as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        for p in created:  # the folders made for --out, innermost first
+            try:
+                p.rmdir()
+            except OSError:
+                break
+        if isinstance(e, OSError):
+            raise ExportError(f"cannot write {cfg.out}: {e.strerror or e}") from None
+        raise
+    return manifest
+
+
+def _rule(cfg: ExportConfig) -> str:
+    if cfg.min_speedup is not None:
+        return f"its speedup over eager was at least {cfg.min_speedup:g} (--min-speedup)"
+    return "it was faster than eager by more than its measured spread"
+
+
+def _nothing(rows: list[dict[str, Any]], left_out: list[dict[str, Any]], cfg: ExportConfig) -> str:
+    where = f" measured on {cfg.device}" if cfg.device else ""
     if not rows:
-        raise ExportError("no correct kernel in the store" + (f" with a speedup of at least {cfg.min_speedup:g}"
-                                                               if cfg.min_speedup is not None else "")
-                          + (f" measured on {cfg.device}" if cfg.device else ""))
-    pkg = cfg.out / cfg.name
+        return f"no correct kernel in the store{where}"
+    if cfg.min_speedup is not None:
+        return f"no correct kernel in the store with a speedup of at least {cfg.min_speedup:g}{where}"
+    worst = "; ".join(f"{e['task']} {e['speedup']:.2f}x" for e in left_out)
+    return (f"no kernel in the store{where} is faster than eager by more than its measured spread ({worst}); "
+            "--min-speedup X ships kernels of at least X")
+
+
+def _write(store: Any, cfg: ExportConfig, stage: Path, kept: list[tuple[dict[str, Any], Any]],
+           left_out: list[dict[str, Any]]) -> dict[str, Any]:
+    pkg = stage / cfg.name
     for sub in ("kernels", "references"):
         (pkg / sub).mkdir(parents=True)
         (pkg / sub / "__init__.py").write_text("")
     entries, functions = [], []
     with tempfile.TemporaryDirectory(prefix="kw-export-") as scratch:
-        for row in rows:
+        for row, spread in kept:
             cand = store.candidate(row["candidate_id"])
             task = _task(store.task(row["task_id"]), Path(scratch))
             module = _identifier(task.name)
             (pkg / "references" / f"{module}.py").write_text(task.source)
             (pkg / "kernels" / f"{module}.py").write_text(rewrite_imports(cand["source"], task.name))
-            entries.append(_entry(task, module, row, cand, store.evaluation(row["evaluation_id"])))
-            functions.append(_function(task, module))
+            entries.append(_entry(task, module, row, cand, store.evaluation(row["evaluation_id"]), spread))
+            functions.append(export_text.function(task, module))
     manifest = {"package": cfg.name, "version": cfg.version, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-                "tasks": entries}
+                "rule": _rule(cfg), "tasks": entries, "left_out": left_out, "prebuilt": None}
     (pkg / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (pkg / "_runtime.py").write_text(runtime_source(cfg.name))
-    (pkg / "_dispatch.py").write_text(Path(export_support.__file__).read_text())
-    (pkg / "__init__.py").write_text(_init(cfg.name, functions))
-    (pkg / "selftest.py").write_text(f'"""Every kernel of {cfg.name} against its PyTorch reference; exit 1 on any '
-                                     'failure."""\nimport sys\n\nfrom ._dispatch import selftest\n\n'
-                                     'if __name__ == "__main__":\n    sys.exit(selftest())\n')
-    (cfg.out / "pyproject.toml").write_text(_pyproject(cfg))
-    (cfg.out / "README.md").write_text(_readme(cfg.name, entries))
+    for name in TEMPLATE_FILES:
+        shutil.copyfile(TEMPLATE / name, pkg / name)
+    (pkg / "__init__.py").write_text(export_text.init(cfg.name, functions))
+    (stage / "pyproject.toml").write_text(export_text.pyproject(cfg.name, cfg.version))
     return manifest
+
+
+def _prebuild(stage: Path, name: str) -> dict[str, Any]:
+    """Build every kernel in the staged package, in a fresh interpreter that imports the package
+    as its users will, and keep the binaries it built (with this machine's fingerprint)."""
+    with tempfile.TemporaryDirectory(prefix="kw-prebuild-") as cache:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(stage), os.environ.get("PYTHONPATH", "")]),
+               f"{name.upper()}_CACHE": cache}
+        try:
+            r = subprocess.run([sys.executable, "-c", f"import sys, {name}._prebuilt as p; sys.exit(p.main())"],
+                               cwd=stage, env=env, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise ExportError(f"--build: building the kernels took more than {BUILD_TIMEOUT_S} s") from None
+    if r.returncode != 0:
+        lines = [ln for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
+        raise ExportError(f"--build: the kernels could not be built here: {lines[-1] if lines else r.returncode}")
+    index = json.loads((stage / name / "prebuilt" / "index.json").read_text())
+    fingerprints = list({json.dumps(v["fingerprint"]): v["fingerprint"] for v in index["libs"].values()}.values())
+    return {"libs": len(index["libs"]), "fingerprints": fingerprints}
+
+
+def _prebuilt_text(name: str, prebuilt: dict[str, Any] | None) -> str:
+    if not prebuilt:
+        return (f"Kernels compile on first use (g++, or nvcc for CUDA kernels, must be on PATH) into "
+                f"${name.upper()}_CACHE or ~/.cache/{name}; `export --build` ships them prebuilt.")
+    machines = "; ".join(", ".join(f"{k} {v}" for k, v in fp.items()) for fp in prebuilt["fingerprints"])
+    return (f"The package ships {prebuilt['libs']} prebuilt kernel binaries built for: {machines}. On another "
+            "machine each kernel is built on first use instead (a compiler must be on PATH), or the PyTorch "
+            "reference runs where that fails; `kernel_origin(task)` says which.")
 
 
 def _newest_per_name(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -178,123 +270,54 @@ def runtime_source(package: str) -> str:
         parts.append(f"# --- from kernelwright's {module.__name__} ---\n"
                      + "".join(line for i, line in enumerate(lines) if i not in drop).strip("\n") + "\n")
     env = package.upper() + "_CACHE"
-    parts.append(f"""# --- the package's compile cache (its own, never kernelwright's) ---
+    parts.append(f"""# --- the package's builds: its shipped binaries, else its own cache (never kernelwright's) ---
+from . import _prebuilt
+
+origins: list[str] = []  # where each library this process loaded came from (see kernel_origin)
+
+
 def _package_builder(spec: CompileSpec) -> BuildResult:
+    path, note = _prebuilt.find(spec)
+    if path is not None:
+        origins.append("prebuilt for this machine")
+        return BuildResult(True, path, "", 0.0, True, "prebuilt-" + _prebuilt.recipe(spec))
     cache = os.environ.get("{env}") or str(Path.home() / ".cache" / "{package}")
-    return build(spec, CompilerConfig(cache_dir=Path(cache)))
+    result = build(spec, CompilerConfig(cache_dir=Path(cache)))
+    if result.ok:
+        _prebuilt.recorded.append((spec, result))
+        origins.append("built here" + (": " + note if note else ""))
+    elif note:
+        result = dataclasses.replace(result, log=note + "; building it here failed: " + result.log)
+    return result
 
 
 set_builder(_package_builder)
+
+# C++ kernels load into the process's own namespace (plain dlopen), not a private one as in kernelwright's
+# workers: so they share PyTorch's OpenMP runtime, where a second runtime's team of threads would spin against
+# PyTorch's on the same cores after every parallel region (milliseconds per call with two teams on two cores).
+_namespace["none"] = "an exported package shares the process's OpenMP runtime"
 """)
     return "\n\n".join(parts)
 
 
-def _input_specs(task: Task, device: str) -> list[dict[str, Any]]:
-    """What each input was when the evaluator checked the kernel: made by the task's get_inputs()."""
-    import torch
-
-    module = import_file(task.path, f"kw_export_{task.source_hash[:12]}")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        args = list(module.get_inputs())
-    specs = []
-    for i, a in enumerate(args):
-        if not isinstance(a, torch.Tensor):
-            specs.append({"kind": "value", "type": type(a).__name__})
-            continue
-        where = task.meta.input_devices[i] if i < len(task.meta.input_devices) else "device"
-        on = device if where == "device" else "cpu"
-        specs.append({"kind": "tensor", "dtype": str(a.dtype).removeprefix("torch."), "ndim": a.dim(),
-                      "device": on, "pinned": device == "cuda" and where == "pinned"})
-    return specs
-
-
-def _entry(task: Task, module: str, row: dict[str, Any], cand: dict[str, Any], evaluation: dict[str, Any]) -> dict:
+def _entry(task: Task, module: str, row: dict[str, Any], cand: dict[str, Any], evaluation: dict[str, Any],
+           spread: Any) -> dict:
     from evaluator.compare import DEFAULT_TOL, Tolerance
 
     tol = Tolerance(task.meta.atol, task.meta.rtol)
+    tolerances = {str(d).removeprefix("torch."): list(tol.for_dtype(d)) for d in DEFAULT_TOL}
     device = row["device"] or "cpu"
     try:
-        inputs = _input_specs(task, device)
+        described = export_describe.describe(task, device, INIT_SEED, tolerances)
     except Exception as e:  # noqa: BLE001 - task code: anything it raises means the same thing here
-        raise TaskError(f"{task.name}: get_inputs() failed: {type(e).__name__}: {e}") from None
+        raise TaskError(f"{task.name}: its reference could not be built and run: {type(e).__name__}: {e}") from None
     return {"task": task.name, "function": module, "module": module, "description": task.meta.description,
-            "speedup": row["speedup"], "candidate_ms": row["candidate_ms"], "reference_ms": row["reference_ms"],
+            "speedup": row["speedup"], "measurements": row.get("measurements"),
+            "spread": {"candidate": spread.candidate, "reference": spread.reference, "needed": spread.needed()},
+            "candidate_ms": row["candidate_ms"], "reference_ms": row["reference_ms"],
             "peak_fraction": row.get("peak_fraction"), "bound": row.get("bound"),
             "device": device, "fingerprint_id": row["fingerprint_id"], "fingerprint": evaluation["fingerprint"],
             "evaluation_id": row["evaluation_id"], "candidate_id": row["candidate_id"],
             "source_hash": hashlib.sha256(cand["source"].encode()).hexdigest(), "knobs": cand["knobs"],
-            "inputs": inputs, "variants": list(task.meta.variants), "init_seed": INIT_SEED,
-            "tolerances": {str(d).removeprefix("torch."): list(tol.for_dtype(d)) for d in DEFAULT_TOL}}
-
-
-def _function(task: Task, name: str) -> str:
-    """`def <name>(<forward's parameters>)`, calling the dispatcher with them."""
-    tree = ast.parse(task.source)
-    model = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Model")
-    forward = next((n for n in model.body if isinstance(n, ast.FunctionDef) and n.name == "forward"), None)
-    if forward is None or not all(isinstance(d, ast.Constant) for d in [*forward.args.defaults,
-                                                                          *filter(None, forward.args.kw_defaults)]):
-        params, call = "*args, **kwargs", "*args, **kwargs"  # defaults that name module constants stay with Model
-    else:
-        a = forward.args
-        if a.posonlyargs:  # drop self
-            a.posonlyargs = a.posonlyargs[1:]
-        else:
-            a.args = a.args[1:]
-        params = ast.unparse(a)
-        call = ", ".join([p.arg for p in [*a.posonlyargs, *a.args]] + ([f"*{a.vararg.arg}"] if a.vararg else [])
-                         + [f"{k.arg}={k.arg}" for k in a.kwonlyargs] + ([f"**{a.kwarg.arg}"] if a.kwarg else []))
-    returns = f" -> {ast.unparse(forward.returns)}" if forward is not None and forward.returns else ""
-    doc = (task.meta.description or f"The {task.name} task.").replace('"""', "'''")
-    return (f'def {name}({params}){returns}:\n    """{doc}\n\n    The exported kernel when the inputs fit it, else the '
-            f'PyTorch reference: see last_path({task.name!r})."""\n    return _call({task.name!r}, {call})\n')
-
-
-def _init(package: str, functions: list[str]) -> str:
-    names = [f.split("(", 1)[0].removeprefix("def ") for f in functions]
-    return (f'"""Kernels exported by kernelwright: one function per task (see manifest.json).\n\n    import {package}\n'
-            f'    y = {package}.{names[0]}(...)\n    {package}.last_path("{names[0]}")  # "kernel" or "reference"\n\n'
-            f'${package.upper()}_FORCE_REFERENCE=1 runs every reference; '
-            f'${package.upper()}_CACHE holds the builds.\n"""\n'
-            "from __future__ import annotations\n\nfrom ._dispatch import call as _call\n"
-            "from ._dispatch import last_path, last_reason, manifest\n\n"
-            f"__all__ = {[*names, 'last_path', 'last_reason', 'manifest']!r}\n\n\n" + "\n\n".join(functions))
-
-
-def _pyproject(cfg: ExportConfig) -> str:
-    return f"""[build-system]
-requires = ["setuptools>=61"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "{cfg.name}"
-version = "{cfg.version}"
-description = "Kernels exported by kernelwright, each checked against its PyTorch reference"
-requires-python = ">=3.10"
-dependencies = ["torch"]
-
-[tool.setuptools]
-packages = ["{cfg.name}", "{cfg.name}.kernels", "{cfg.name}.references"]
-
-[tool.setuptools.package-data]
-"{cfg.name}" = ["manifest.json"]
-"""
-
-
-def _readme(package: str, entries: list[dict[str, Any]]) -> str:
-    rows = "\n".join(f"| `{package}.{e['function']}` | {e['speedup']:.2f}x | {e['device']} | {e['fingerprint_id']} "
-                     f"| {e['candidate_id']} |" for e in entries)
-    return f"""# {package}
-
-Kernels exported by kernelwright: for each task, the fastest kernel that passed its evaluation.
-A function runs the kernel when its inputs match those it was checked with (dtype, rank, device,
-contiguous), and the PyTorch reference otherwise; `{package}.last_path(task)` says which ran.
-Kernels compile on first use (g++ or nvcc must be on PATH) into ~/.cache/{package}.
-
-| function | speedup | device | fingerprint | candidate |
-|---|---|---|---|---|
-{rows}
-
-Check this machine: `python -m {package}.selftest`.
-"""
+            **described, "variants": list(task.meta.variants), "init_seed": INIT_SEED, "tolerances": tolerances}

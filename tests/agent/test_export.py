@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent import cli_review  # noqa: F401 - registers the commands on the app
+from agent import cli_review, export_select  # noqa: F401 - registers the commands on the app
 from agent.app import app
 from agent.export import ExportError, rewrite_imports, runtime_source
 from store import Store
+from tasks.spec import load_task
 from tests.agent.review_data import review_store
+from tests.data.candidates import slow
 
 ROOT = Path(__file__).resolve().parents[2]
 OURS = {"agent", "sandbox", "evaluator", "tasks", "store"}
@@ -41,7 +43,7 @@ PROBE = textwrap.dedent("""
                        bool(torch.allclose(y, torch.softmax(x.double(), dim=1)))]
     y = kwk.softmax(x.t())
     seen["transposed"] = [kwk.last_path("softmax"), bool(torch.allclose(y, torch.softmax(x.t(), dim=1)))]
-    entry = _dispatch._entry("rmsnorm")
+    entry = _dispatch.entry("rmsnorm")
     x = torch.randn(16, 4096)
     seen["rmsnorm"] = [bool(torch.allclose(kwk.rmsnorm(x), _dispatch.build(entry, kernel=False)(x), atol=1e-4)),
                        kwk.last_path("rmsnorm")]
@@ -53,6 +55,19 @@ PROBE = textwrap.dedent("""
 """) % (OURS, OURS)
 
 
+# A torch.compile(fullgraph=True) function calling the package's op: a graph break would raise.
+COMPILED = textwrap.dedent("""
+    import json
+    import torch
+    import kwk
+    f = torch.compile(lambda x: torch.ops.kwk.softmax(x) + 1, fullgraph=True)
+    x = torch.randn(64, 300)
+    with torch.no_grad():
+        y = f(x)
+    print(json.dumps([bool(torch.allclose(y, torch.softmax(x, dim=1) + 1, atol=1e-5)), kwk.last_path("softmax")]))
+""")
+
+
 @pytest.fixture(scope="module")
 def db(evaluator, tmp_path_factory) -> Path:
     return review_store(evaluator, tmp_path_factory)
@@ -61,7 +76,8 @@ def db(evaluator, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(db: Path, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export") / "kwk-project"
-    result = CliRunner().invoke(app, ["export", "--out", str(out), "--name", "kwk", "--db", str(db), "--json"])
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--name", "kwk", "--min-speedup", "0",
+                                      "--db", str(db), "--json"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -78,10 +94,14 @@ def test_the_manifest_names_the_best_kernel_of_every_task(db: Path, exported: Pa
             assert e["source_hash"] == hashlib.sha256(source.encode()).hexdigest()
             assert e["fingerprint"]["id"] == e["fingerprint_id"] and e["device"] == "cpu"
             assert 0 < e["peak_fraction"] <= 1 and (e["peak_fraction"], e["bound"]) == (row["peak_fraction"], row["bound"])
-            assert e["inputs"] == [{"kind": "tensor", "dtype": "float32", "ndim": 2, "device": "cpu", "pinned": False}]
+            assert e["inputs"] == [{"name": "x", "kind": "tensor", "dtype": "float32", "ndim": 2, "device": "cpu",
+                                    "pinned": False}]
+            assert e["op"]["schema"] == ("(Tensor x, Tensor weight) -> Tensor" if e["task"] == "rmsnorm"
+                                         else "(Tensor x) -> Tensor")
+            assert e["spread"]["candidate"] > 0 and e["spread"]["needed"] > 1
             kernel = (exported / "kwk" / "kernels" / f"{e['module']}.py").read_text()
             assert kernel == source.replace("from sandbox import fastpath", "from .. import _runtime as fastpath")
-    assert sorted(e["task"] for e in manifest["tasks"]) == sorted(best)
+    assert sorted(e["task"] for e in manifest["tasks"]) == sorted(best) and manifest["left_out"] == []
     init = (exported / "kwk" / "__init__.py").read_text()
     assert "def softmax(x: torch.Tensor) -> torch.Tensor:" in init  # the reference's forward signature
     assert "def rmsnorm(x: torch.Tensor) -> torch.Tensor:" in init and "def softmax_small(x):" in init
@@ -98,7 +118,7 @@ def test_the_package_runs_without_kernelwright_and_falls_back_honestly(exported:
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert seen["after_import"] == [] and seen["after_calls"] == []
     assert seen["kernel"] == ["kernel", True]
-    assert seen["float64"] == ["reference", "input 0 has dtype float64, the kernel takes float32", "torch.float64",
+    assert seen["float64"] == ["reference", "x has dtype float64, the kernel takes float32", "torch.float64",
                                True]
     assert seen["transposed"] == ["reference", True]
     assert seen["rmsnorm"] == [True, "kernel"] and seen["forced"] == "reference"
@@ -116,7 +136,7 @@ def test_selftest_fails_when_a_kernel_is_wrong(exported: Path, tmp_path: Path):
     assert r.returncode == 1, r.stdout + r.stderr
     lines = {ln.split(":")[0]: ln for ln in r.stdout.splitlines()}
     assert lines["FAIL  softmax"].startswith("FAIL  softmax: output 0 is off by up to")
-    assert lines["ok    rmsnorm"] == "ok    rmsnorm: matches the reference on 3 shapes"
+    assert lines["ok    rmsnorm"] == "ok    rmsnorm: matches the reference on 3 shapes (built here)"
 
 
 @pytest.mark.slow
@@ -140,6 +160,9 @@ def test_pip_install_into_a_fresh_environment_and_selftest(exported: Path, tmp_p
     assert r.returncode == 0, r.stderr[-3000:]
     seen = json.loads(r.stdout.strip().splitlines()[-1])
     assert seen["kernel"] == ["kernel", True] and seen["float64"][0] == "reference" and seen["float64"][3]
+    r = subprocess.run([py, "-c", COMPILED], cwd=away, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [True, "kernel"]
     r = subprocess.run([py, "-m", "pip", "list", "--format=json"], env=env, capture_output=True, text=True, timeout=300)
     assert "kernelwright" not in {p["name"] for p in json.loads(r.stdout)}
 
@@ -185,3 +208,65 @@ def test_bad_exports_are_one_line_and_exit_2(db: Path, tmp_path: Path, args: lis
     (tmp_path / "full" / "keep.txt").write_text("mine")
     result = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "full"), "--db", str(db)])
     assert result.exit_code == 2 and "exists and is not empty" in result.output
+
+
+@pytest.fixture(scope="module")
+def slow_db(db: Path, evaluator, tmp_path_factory) -> Path:
+    """The review store plus a task whose only kernel is honestly slower than eager."""
+    out = tmp_path_factory.mktemp("slow-store") / "kw.db"
+    shutil.copyfile(db, out)
+    task_file = out.parent / "softmax_slowonly.py"
+    task_file.write_text((ROOT / "tests" / "data" / "softmax_small.py").read_text())
+    task = load_task(task_file)
+    source = slow()
+    verdict = evaluator.evaluate(task, source)
+    assert verdict.status.value == "ok" and verdict.speedup < 1, verdict.reason
+    with Store.open(str(out), out) as store:
+        task_id = store.upsert_task(task.name, "test", task.source, str(task.path))
+        store.record(task_id, source, {**verdict.to_json(), "log": verdict.log}, origin="user")
+    return out
+
+
+def test_by_default_only_kernels_faster_than_eager_beyond_their_spread_ship(slow_db: Path, tmp_path: Path):
+    out = tmp_path / "pkg"
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--name", "kwk", "--db", str(slow_db), "--json"])
+    with Store.open(str(slow_db), slow_db) as store:
+        rows = {r["task"]: r for r in store.best()}
+        want_out = {t: export_select.verdict(r["speedup"], export_select.spread(store.evaluations(r["candidate_id"])),
+                                             None) for t, r in rows.items()}
+    assert want_out["softmax_slowonly"].startswith(f"{rows['softmax_slowonly']['speedup']:.2f}x: slower than eager")
+    if not any(why == "" for why in want_out.values()):  # a machine too noisy to show any speedup today
+        assert result.exit_code == 2 and "is faster than eager by more than its measured spread" in result.output
+        assert not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output)
+    assert sorted(e["task"] for e in manifest["tasks"]) == sorted(t for t, why in want_out.items() if not why)
+    assert {e["task"]: e["reason"] for e in manifest["left_out"]} == {t: why for t, why in want_out.items() if why}
+    assert manifest["rule"] == "it was faster than eager by more than its measured spread"
+    readme = (out / "README.md").read_text()
+    slow_row = f"| softmax_slowonly | {rows['softmax_slowonly']['speedup']:.2f}x | {want_out['softmax_slowonly']} |"
+    assert slow_row in readme
+    assert not (out / "kwk" / "references" / "softmax_slowonly.py").exists()
+
+
+def test_min_speedup_replaces_the_spread_rule(slow_db: Path, tmp_path: Path):
+    result = CliRunner().invoke(app, ["export", "--out", str(tmp_path / "pkg"), "--name", "kwk", "--min-speedup",
+                                      "0.01", "--db", str(slow_db), "--json"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output)
+    assert "softmax_slowonly" in [e["task"] for e in manifest["tasks"]] and manifest["left_out"] == []
+    assert manifest["rule"] == "its speedup over eager was at least 0.01 (--min-speedup)"
+
+
+def test_a_failed_export_leaves_nothing_behind(db: Path, tmp_path: Path, monkeypatch):
+    """--build with no compiler fails after the whole package was written: none of it stays."""
+    (tmp_path / "bin").mkdir()
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no g++
+    out = tmp_path / "made" / "for" / "pkg"
+    result = CliRunner().invoke(app, ["export", "--out", str(out), "--name", "kwk", "--min-speedup", "0", "--build",
+                                      "--db", str(db)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("Error: --build: the kernels could not be built here: ")
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
