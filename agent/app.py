@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -19,8 +20,16 @@ DbOpt = typer.Option(None, "--db", help="Store: SQLite path or SQLAlchemy URL [e
 DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
 TimeoutOpt = typer.Option(None, "--timeout", help="Seconds per candidate [env KERNELWRIGHT_TIMEOUT; default 120]")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON object")
+PolicyOpt = typer.Option("strict", "--policy", help="Whose code may compute: strict (only the candidate's kernels), "
+                         "kernelbench (PyTorch ops beside at least one custom kernel) or library (vendor libraries too)")
 
 # the search options `optimize` and `batch` share
+KernelBenchOpt = typer.Option(None, "--kernelbench", help="A local KernelBench checkout, for --suite kernelbench "
+                              "(current or v0 layout) [env KERNELWRIGHT_KERNELBENCH]")
+LevelOpt = typer.Option(None, "--level", help="--suite kernelbench: only this level (repeatable)")
+TaskIdOpt = typer.Option(None, "--task-id", help="--suite kernelbench: only this problem id (repeatable)")
+ScaleOpt = typer.Option(1.0, "--scale", help="--suite kernelbench: shrink the tasks' size constants by this factor "
+                        "(0 < F <= 1; recorded with each task)")
 SuiteOpt = typer.Option(None, "--suite", help="Built-in suite (default: cpu, when no --task)")
 StrategyOpt = typer.Option("evolve", "--strategy", help="best-of-n | evolve | refine")
 BudgetOpt = typer.Option(10, "--budget", help="Candidates evaluated per task")
@@ -57,6 +66,29 @@ def check_search(strategy: str, tuner: str) -> None:
         raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     if tuner not in TUNERS:
         raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
+
+
+def suite_fields(suite: str | None, tasks: list[str] | None, kernelbench: str | None, level: list[int] | None,
+                 task_id: list[int] | None, scale: float, policy: str) -> dict[str, Any]:
+    """The RunSpec fields that say which tasks, under which policy (optimize and batch share them)."""
+    from agent import settings
+
+    root = kernelbench or settings.read()["kernelbench"] or None
+    if (level or task_id or scale != 1.0) and suite != "kernelbench":
+        raise UserError("--level, --task-id and --scale need --suite kernelbench")
+    return {"suite": suite if suite or tasks else "cpu", "tasks": tuple(str(t) for t in tasks or ()),
+            "policy": policy, "kernelbench": str(Path(root).expanduser().resolve()) if root else None,
+            "levels": tuple(level or ()), "task_ids": tuple(task_id or ()), "scale": scale}
+
+
+def check_policy(name: str) -> Any:
+    """The named evaluation policy (evaluator/rules.py), before any work."""
+    from evaluator.rules import policy
+
+    try:
+        return policy(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def read_candidate(path: Path) -> str:

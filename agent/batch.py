@@ -94,6 +94,7 @@ class BatchConfig:
     gpus_per_eval: float = 0.0  # with --device cuda: GPUs each job holds while it evaluates
     max_retries: int = 3  # attempts after a worker dies
     timing: Any = None  # evaluator.cascade.TimingConfig; None: the default (benchmarks and tests go faster)
+    policy: str = "strict"  # evaluator/rules.py POLICIES: every job judges under the run's policy
 
 
 def run_job(cfg: BatchConfig, job: Job) -> dict[str, Any]:
@@ -107,7 +108,11 @@ def run_job(cfg: BatchConfig, job: Job) -> dict[str, Any]:
         llm = _llm_client(cfg.llm)
         opt_cfg = dataclasses.replace(cfg.optimize, strategy=job.strategy, time_limit_s=_time_left(cfg.deadline),
                                       max_cost_usd=_cost_cap(store, cfg, task))
-        eval_kw = {} if cfg.timing is None else {"timing": cfg.timing}
+        from evaluator.rules import policy
+
+        eval_kw: dict[str, Any] = {"policy": policy(cfg.policy)}
+        if cfg.timing is not None:
+            eval_kw["timing"] = cfg.timing
         with evaluator(cfg.options, **eval_kw) as ev:
             summary = Optimizer(store, ev, [task], opt_cfg, cfg.run_id, llm=llm).run()
     finally:

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from agent.app import DbOpt, DeviceOpt, JsonOpt, TimeoutOpt, app, console, read_candidate, tasks_app
+from agent.app import (DbOpt, DeviceOpt, JsonOpt, PolicyOpt, TimeoutOpt, app, check_policy, console, read_candidate,
+                       tasks_app)
 from agent.display import coverage_line, peak_text
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
@@ -19,21 +20,23 @@ def eval_cmd(
     task_file: Path = typer.Argument(..., help="KernelBench task file (Model, get_inputs, get_init_inputs)"),
     candidate_file: Path = typer.Argument(..., help="Candidate file defining ModelNew"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt,
-    as_json: bool = JsonOpt, sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
+    as_json: bool = JsonOpt, sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = PolicyOpt,
 ) -> None:
     """Evaluate one candidate against a task, store the result and print the verdict."""
     from agent.judge import Record, judge
     from agent.reward import RewardConfig
     from tasks.spec import load_task
 
+    rules = check_policy(policy)
     task = load_task(task_file)
     source = read_candidate(candidate_file)
     opts = options(db, device, timeout, sandbox, image)
     store = open_store(opts.db)  # opened first: a bad --db fails before any work
-    with evaluator(opts) as ev:
+    with evaluator(opts, policy=rules) as ev:
         done = judge(ev, task, source, RewardConfig(), confirm_outliers=False)
     task_id = store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
-    run_id = store.start_run("eval", {"task": str(task.path), "candidate": str(candidate_file)}, device)
+    run_id = store.start_run("eval", {"task": str(task.path), "candidate": str(candidate_file), "policy": policy},
+                             device)
     done = done.save(store, Record(task_id, "user", run_id))
     store.finish_run(run_id, "finished")
     out = {k: v for k, v in done.out.items() if k != "log"}
@@ -47,7 +50,10 @@ def eval_cmd(
 def _print_verdict(v: dict, db: str) -> None:
     color = {"ok": "green", "incorrect": "red", "rejected": "magenta"}.get(v["status"], "yellow")
     console.print(f"[bold]{v['task']}[/bold]  status [{color}]{v['status']}[/{color}]"
-                  + (f"  {v['reason']}" if v["reason"] else ""))
+                  + (f"  {v['reason']}" if v["reason"] else "") + f"  (policy {v.get('policy', 'strict')})")
+    if v.get("torch_ops"):
+        shown = ", ".join(v["torch_ops"][:8]) + (" ..." if len(v["torch_ops"]) > 8 else "")
+        console.print(f"pytorch {shown}  (PyTorch compute beside the candidate's kernels)")
     if v["speedup"] is not None:
         console.print(f"speedup {v['speedup']:.2f}x  (candidate {v['candidate_ms']:.3f} ms ± {v['candidate_spread_ms']:.3f}, "
                       f"reference {v['reference_ms']:.3f} ms ± {v['reference_spread_ms']:.3f}, IQR)")

@@ -12,7 +12,8 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
+from agent.app import (KernelBenchOpt, LevelOpt, PolicyOpt, ScaleOpt, TaskIdOpt, suite_fields,
+                       BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
                        ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
 from agent.runspec import resume_hint, shown_url
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, machine_ceilings, open_store, options
@@ -43,12 +44,13 @@ def batch_cmd(
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run as it was started; "
                                          "its stored flags stand, others given here are ignored"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
-    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
+    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = PolicyOpt,
+    kernelbench: Optional[str] = KernelBenchOpt, level: Optional[list[int]] = LevelOpt,
+    task_id: Optional[list[int]] = TaskIdOpt, scale: float = ScaleOpt,
 ) -> None:
     """Optimize many tasks at once on a Ray cluster (a local one by default), into one shared store."""
     from agent import batch, settings
     from agent.runspec import RunSpec, SpecError
-    from tasks.registry import resolve
 
     store = None  # opened after the options are checked: bad input leaves no store behind
     try:
@@ -61,7 +63,7 @@ def batch_cmd(
             spec = RunSpec.from_json("batch", run["config"])  # the same run: every flag as it was
         else:
             s = settings.read()
-            spec = RunSpec("batch", suite=suite if suite or task else "cpu", tasks=tuple(str(t) for t in task or ()),
+            spec = RunSpec("batch", **suite_fields(suite, task, kernelbench, level, task_id, scale, policy),
                            strategy=strategy, budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed,
                            confirm=confirm, model=model or s["model"] or None, base_url=base_url or s["base_url"] or None,
                            api_key_env=api_key_env, concurrency=concurrency, device=device, sandbox=sandbox,
@@ -72,7 +74,7 @@ def batch_cmd(
         raise UserError(str(e)) from None
     opts = _options(db, spec.device, spec.timeout_s, spec.cpus_per_job, spec.sandbox, spec.image)
     check_search(spec.strategy, spec.tuner)
-    tasks = resolve(spec.suite, list(spec.tasks) or None)
+    tasks = spec.resolve_tasks(opts.cache_dir)
     if resume is None:  # docker: the image the options resolved is the run's
         spec = dataclasses.replace(spec, image=opts.image, tasks=tuple(str(t.path) for t in tasks) if spec.tasks else ())
     if spec.model and not spec.address:  # local workers inherit this environment: a missing key fails here, not in every job
@@ -100,7 +102,8 @@ def batch_cmd(
             run_id=run_id, options=opts, optimize=spec.optimize_config(), llm=llm,
             deadline=time.time() + spec.time_limit_min * 60 if spec.time_limit_min else None,
             max_cost_per_job=spec.max_cost_usd / len(jobs) if spec.max_cost_usd is not None else None,
-            cpus_per_job=spec.cpus_per_job, gpus_per_eval=spec.gpus_per_eval, max_retries=spec.max_retries)
+            cpus_per_job=spec.cpus_per_job, gpus_per_eval=spec.gpus_per_eval, max_retries=spec.max_retries,
+            policy=spec.policy)
         say = err_console.print if as_json else console.print
         say(f"Batch run {run_id}: {len(jobs)} jobs on Ray ({_resources(resources)}); "
             + (f"LLM {spec.model}, strategy {spec.strategy}" if llm else f"no LLM: tuning seed kernels ({spec.tuner})"))

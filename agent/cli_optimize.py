@@ -9,7 +9,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from agent.app import (BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
+from agent.app import (KernelBenchOpt, LevelOpt, PolicyOpt, ScaleOpt, TaskIdOpt, suite_fields,
+                       BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
                        ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
 from agent.runspec import resume_hint
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
@@ -48,12 +49,13 @@ def optimize_cmd(
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run as it was started (after a kill "
                                          "or Ctrl-C); its stored flags stand, others given here are ignored"),
     device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
-    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt,
+    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = PolicyOpt,
+    kernelbench: Optional[str] = KernelBenchOpt, level: Optional[list[int]] = LevelOpt,
+    task_id: Optional[list[int]] = TaskIdOpt, scale: float = ScaleOpt,
 ) -> None:
     """Optimize kernels for a task set: ask, evaluate, learn, repeat; every result is stored."""
     from agent.optimize import Optimizer
     from agent.runspec import RunSpec, SpecError, shown_url
-    from tasks.registry import resolve
 
     store = None  # opened after the options are checked: bad input leaves no store behind
     try:
@@ -64,7 +66,7 @@ def optimize_cmd(
                 raise UserError(f"no optimize run {resume} in {shown_url(options(db, 'cpu', None).db)}")
             spec = RunSpec.from_json("optimize", run["config"])  # the same run: every flag as it was
         else:
-            spec = RunSpec("optimize", suite=suite if suite or task else "cpu", tasks=tuple(str(t) for t in task or ()),
+            spec = RunSpec("optimize", **suite_fields(suite, task, kernelbench, level, task_id, scale, policy),
                            strategy=strategy, budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed,
                            confirm=confirm, model=model, base_url=base_url, api_key_env=api_key_env,
                            concurrency=concurrency, device=device, sandbox=sandbox, image=image, timeout_s=timeout,
@@ -73,7 +75,7 @@ def optimize_cmd(
         raise UserError(str(e)) from None
     opts = options(db, spec.device, spec.timeout_s, spec.sandbox, spec.image)
     check_search(spec.strategy, spec.tuner)
-    tasks = resolve(spec.suite, list(spec.tasks) or None)
+    tasks = spec.resolve_tasks(opts.cache_dir)
     llm_cfg = _llm_config(spec.model, spec.base_url, spec.api_key_env, spec.concurrency)
     if resume is None:  # the model and endpoint the settings chose are part of the run
         spec = dataclasses.replace(spec, model=llm_cfg.model if llm_cfg else None,
@@ -92,7 +94,7 @@ def optimize_cmd(
     else:
         from agent.llm import describe_endpoint
 
-        say(f"LLM: {describe_endpoint(llm_cfg)}; strategy {spec.strategy}; run {run_id}")
+        say(f"LLM: {describe_endpoint(llm_cfg)}; strategy {spec.strategy}; policy {spec.policy}; run {run_id}")
     llm = None
     if llm_cfg is not None:
         from agent.llm import LLMClient
@@ -101,7 +103,7 @@ def optimize_cmd(
     from agent.display import LiveProgress, summary_table
 
     try:
-        with evaluator(opts) as ev:
+        with evaluator(opts, policy=spec.eval_policy()) as ev:
             live = None if as_json else LiveProgress(err_console)
             opt = Optimizer(store, ev, tasks, cfg, run_id, llm=llm, on_update=live.update if live else None)
             if live:

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-from agent.app import DbOpt, JsonOpt, app, console
+from agent.app import DbOpt, JsonOpt, app, check_policy, console
 from agent.display import coverage_line, peak_short, peak_text
 from agent.runtime import UserError, cli_errors, open_store, options
 from store import ranking
@@ -50,16 +50,19 @@ def _x(speedup: float | None) -> str:
 @cli_errors
 def best_cmd(task: Optional[str] = typer.Option(None, "--task", help="Only this task (name)"),
              device: Optional[str] = typer.Option(None, "--device", help="Only kernels measured on cpu or cuda"),
+             policy: str = typer.Option("strict", "--policy", help="The leaderboard of this evaluation policy "
+                                        "(strict, kernelbench, library): policies never compete"),
              db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> None:
-    """The leaderboard: the fastest correct kernel of every task."""
+    """The leaderboard: the fastest correct kernel of every task, under one policy."""
+    check_policy(policy)
     store = _store(db)
     rows = [{**r, "strategy": (store.evaluation(r["evaluation_id"]) or {}).get("strategy")}
-            for r in store.best(task, _device(device))]
+            for r in store.best(task, _device(device), policy=policy)]
     if as_json:
         typer.echo(json.dumps({"tasks": rows}))
         return
     if not rows:
-        console.print("No correct kernel in the store" + (f" for {task}" if task else "") + ".")
+        console.print("No correct kernel in the store" + (f" for {task}" if task else "") + f" under the {policy} policy.")
         return
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     # speedup: the median of the candidate's measurements (store/ranking.py); measured: how many;

@@ -46,6 +46,7 @@ class Answer:
     speedup: float | None
     reward: float
     fingerprint_id: str | None
+    policy: str = "strict"  # the evaluation policy its verdict and reward were given under
 
     @property
     def correct(self) -> bool:
@@ -91,21 +92,22 @@ def groups(store: Any) -> list[tuple[list[dict[str, str]], list[Answer]]]:
         history = store.task_history(task["id"])
         measured = (h["evaluation"]["fingerprint"] for h in history if h["evaluation"]["fingerprint"].get("device"))
         home = next(measured, {})  # for verdicts given before any device was touched (static rejections)
-        initial: dict[str | None, list[dict[str, str]]] = {}
+        initial: dict[tuple[str | None, str], list[dict[str, str]]] = {}
         for h in history:
             e = h["evaluation"]
             value = e["reward"] if e["reward"] is not None else reward(e).value
             calls = producing.get(h["id"], [])
             for call in calls or [None]:
                 answer = Answer(task["name"], h["source"], call["response"] if call else None, h["id"], e["status"],
-                                speed.get(h["id"], e["speedup"]), value, e["fingerprint_id"])
+                                speed.get(h["id"], e["speedup"]), value, e["fingerprint_id"], e.get("policy", "strict"))
                 if call is not None:
                     add(task["id"], call["messages"], answer)
                     continue
                 fp = e["fingerprint"] if e["fingerprint"].get("device") else home
-                if fp.get("id") not in initial:
-                    initial[fp.get("id")] = prompts.initial(task["source"], target_facts(fp), task["name"])
-                add(task["id"], initial[fp.get("id")], answer)
+                key = (fp.get("id"), answer.policy)  # the prompt states the policy's rules
+                if key not in initial:
+                    initial[key] = prompts.initial(task["source"], target_facts(fp, answer.policy), task["name"])
+                add(task["id"], initial[key], answer)
     return list(by_key.values())
 
 
@@ -120,7 +122,7 @@ def sft(store: Any, cfg: DatasetConfig = DatasetConfig()) -> list[dict[str, Any]
         if best is not None:
             out.append({"prompt": messages, "completion": _assistant(best.kernel_text()), "task": best.task,
                         "candidate_id": best.candidate_id, "speedup": best.speedup,
-                        "fingerprint_id": best.fingerprint_id})
+                        "fingerprint_id": best.fingerprint_id, "policy": best.policy})
     return out
 
 
@@ -138,14 +140,15 @@ def dpo(store: Any, cfg: DatasetConfig = DatasetConfig()) -> list[dict[str, Any]
             out.append({"prompt": messages, "chosen": _assistant(a.kernel_text()),
                         "rejected": _assistant(b.kernel_text()), "task": a.task, "chosen_id": a.candidate_id,
                         "rejected_id": b.candidate_id, "chosen_speedup": a.speedup, "rejected_speedup": b.speedup,
-                        "rejected_status": b.status})
+                        "rejected_status": b.status, "policy": a.policy})
     return out
 
 
 def grpo(store: Any, cfg: DatasetConfig = DatasetConfig()) -> list[dict[str, Any]]:
     return [{"prompt": messages, "completions": [_assistant(a.answer_text()) for a in answers],
              "rewards": [a.reward for a in answers], "task": answers[0].task,
-             "candidate_ids": [a.candidate_id for a in answers], "statuses": [a.status for a in answers]}
+             "candidate_ids": [a.candidate_id for a in answers], "statuses": [a.status for a in answers],
+             "policies": [a.policy for a in answers]}
             for messages, answers in groups(store) if len(answers) >= 2]
 
 

@@ -211,7 +211,7 @@ class Optimizer:
         fp = self.evaluator.fingerprint(tr.task)
         worst = self.llm.worst_case_cost() if self.cfg.max_cost_usd is not None else 0.0
         try:
-            proposal = propose.from_llm(self.llm, ask, tr.task.source, tr.task.name, propose.target_facts(fp),
+            proposal = propose.from_llm(self.llm, ask, tr.task.source, tr.task.name, propose.target_facts(fp, self.evaluator.cfg.policy.name),
                                         history, random.Random(self.rng.random()))
         finally:
             with self.lock:

@@ -12,6 +12,7 @@ import dataclasses
 import re
 from typing import Sequence
 
+from evaluator import rules as policy_rules
 from evaluator import static
 
 
@@ -37,6 +38,7 @@ class Target:
 
     device: str  # "cpu" or "cuda"
     facts: tuple[str, ...] = ()
+    policy: str = "strict"  # the evaluation policy whose rules the prompt states (evaluator/rules.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,13 +110,10 @@ def _import_rule() -> str:
             f"{', '.join(static.PROMPT_BANNED)}, eval and exec are banned.")
 
 
+# whose code may compute comes first, worded from the policy (evaluator/rules.py prompt_rules)
 RULES_COMMON = (
-    "forward runs only your kernels: no PyTorch ops that compute (matmul, F.*, softmax, sum, torch.compile ...); "
-    "only allocation and views (torch.empty_like, .view, .contiguous) are allowed.",
     "Never call, import or subclass the reference: `class ModelNew(nn.Module)`, not `ModelNew(Model)`.",
     "No try/except fallbacks: a kernel that can fail must be fixed, not wrapped.",
-    "No vendor libraries (cuBLAS, cuDNN, MKL, BLAS, oneDNN) and no numpy, scipy, numba or cupy.",
-    "Your kernel must run on every forward call; a compiled kernel that is never launched is rejected.",
     "Keep the task's precision: fp32 stays fp32 end to end (no fp16, bf16 or TF32 inside an fp32 task).",
     "Keep the problem: same sizes, same semantics, the same result (up to rounding) for any input values "
     "(no subsampling, no shortcuts that rely on the input distribution, no constant outputs).",
@@ -301,7 +300,8 @@ def _frame(task_source: str, target: Target, task_name: str) -> list[str]:
     facts = "\n".join(f"- {f}" for f in target.facts) or "- (no details given)"
     api = (FASTPATH_API.format(compiler="g++", lang="cpp", build=BUILD_CPU) if target.device == "cpu"
            else FASTPATH_API.format(compiler="nvcc", lang="cuda", build=BUILD_CUDA))
-    rules = RULES_COMMON if target.device == "cpu" else RULES_COMMON + RULES_CUDA
+    rules = (*policy_rules.prompt_rules(policy_rules.policy(target.policy)), *RULES_COMMON,
+             *(RULES_CUDA if target.device == "cuda" else ()))
     return [
         f"# Task: {task_name}\nWrite a faster implementation of this PyTorch reference for {device}.",
         "## Reference (the task file, verbatim)\n" + _code(task_source, None),
@@ -309,7 +309,7 @@ def _frame(task_source: str, target: Target, task_name: str) -> list[str]:
         "## What to write\n" + CONTRACT,
         "## Kernels\n" + api,
         "## Knobs\n" + KNOBS,
-        "## Rules (a candidate that breaks one is rejected)\n" + "\n".join(f"- {r}" for r in rules),
+        f"## Rules of the {target.policy} policy (a candidate that breaks one is rejected)\n" + "\n".join(f"- {r}" for r in rules),
     ]
 
 

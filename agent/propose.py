@@ -23,7 +23,7 @@ class Proposal:
     reason: str = ""
 
 
-def target_facts(fp: dict[str, Any]) -> prompts.Target:
+def target_facts(fp: dict[str, Any], policy: str = "strict") -> prompts.Target:
     if fp.get("device") == "cuda":
         facts = (f"{fp.get('gpu')}, compute capability {fp.get('capability')}, {fp.get('sm_count')} SMs, "
                  f"{(fp.get('gpu_memory') or 0) / 2**30:.0f} GB", f"CUDA {fp.get('cuda')}, nvcc: {fp.get('nvcc')}",
@@ -31,7 +31,7 @@ def target_facts(fp: dict[str, Any]) -> prompts.Target:
     else:
         facts = (f"{fp.get('cpu')}, {fp.get('cores')} cores, {fp.get('threads')} threads per kernel (OpenMP)",
                  f"{fp.get('cxx')}, flags -O3 -march=native -fopenmp", f"torch {fp.get('torch')} (the reference)")
-    return prompts.Target(device=str(fp.get("device", "cpu")), facts=facts)
+    return prompts.Target(device=str(fp.get("device", "cpu")), facts=facts, policy=policy)
 
 
 def _exemplar(h: dict[str, Any]) -> prompts.Exemplar:

@@ -4,7 +4,9 @@ Failures get a negative value by class, exploits the most negative. A correct ke
 log-speedup, clipped, and rounded to the noise of its own measurement (as CUDA-L1 does), so
 two kernels whose difference is within the noise get the same reward. A speedup above the
 sanity bound (about 10x, or a roofline estimate where the task declares its work) is capped
-at the bound until a second, independent measurement confirms it.
+at the bound until a second, independent measurement confirms it. Under a policy that lets
+PyTorch compute (kernelbench), a kernel flagged lazy_optimization (its own code carried a
+negligible share of the time) earns no positive reward: the speed was PyTorch's.
 """
 from __future__ import annotations
 
@@ -75,4 +77,8 @@ def reward(verdict: Mapping[str, Any], cfg: RewardConfig = RewardConfig(), *, co
         speedup = bound
     quantum = max(cfg.min_quantum, math.log1p(noise(verdict)))
     value = max(-cfg.clip, min(cfg.clip, math.log(speedup)))
+    if value > 0 and any(str(f).startswith("lazy_optimization") for f in verdict.get("flags") or ()):
+        value = 0.0
+        note = "; ".join(x for x in (note, f"lazy optimization under the {verdict.get('policy')} policy: "
+                                             "no reward for PyTorch's speed") if x)
     return Reward(round(round(value / quantum) * quantum, 6), note, needs)

@@ -20,6 +20,12 @@ class RunSpec:
     command: str  # optimize | batch
     suite: str = "cpu"
     tasks: tuple[str, ...] = ()  # task files; empty: the whole suite
+    policy: str = "strict"  # whose code may compute (evaluator/rules.py POLICIES)
+    # --suite kernelbench: the checkout, the levels and problem ids chosen (empty: all), the size scaling
+    kernelbench: str | None = None
+    levels: tuple[int, ...] = ()
+    task_ids: tuple[int, ...] = ()
+    scale: float = 1.0
     strategy: str = "evolve"
     budget: int = 10  # candidates evaluated per task
     tuner: str = "pattern"
@@ -53,6 +59,14 @@ class RunSpec:
                                         or self.gpus_per_eval < 0):
             raise SpecError("--workers must be at least 1, --max-retries at least 0, --cpus-per-job positive "
                             "and --gpus-per-eval not negative")
+        from evaluator.rules import POLICIES
+
+        if self.policy not in POLICIES:
+            raise SpecError(f"unknown policy {self.policy!r} (use {', '.join(POLICIES)})")
+        if not 0.0 < self.scale <= 1.0:
+            raise SpecError("--scale must be within 0 (exclusive) and 1")
+        if self.suite == "kernelbench" and not self.kernelbench:
+            raise SpecError("--suite kernelbench needs --kernelbench DIR (a local KernelBench checkout)")
         if self.max_cost_usd is not None and self.max_cost_usd < 0:
             raise SpecError("--max-cost must not be negative")
         if self.time_limit_min is not None and self.time_limit_min <= 0:
@@ -60,7 +74,7 @@ class RunSpec:
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["tasks"] = list(self.tasks)
+        out.update(tasks=list(self.tasks), levels=list(self.levels), task_ids=list(self.task_ids))
         return out
 
     @classmethod
@@ -69,8 +83,29 @@ class RunSpec:
         renamed = {"max_cost": "max_cost_usd"}
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {renamed.get(k, k): v for k, v in d.items() if renamed.get(k, k) in names}
-        kw["command"], kw["tasks"] = command, tuple(kw.get("tasks") or ())
+        kw["command"] = command
+        for key in ("tasks", "levels", "task_ids"):
+            kw[key] = tuple(kw.get(key) or ())
         return cls(**kw)
+
+    def resolve_tasks(self, cache_dir: Any) -> list[Any]:
+        """The run's tasks: a built-in suite, KernelBench (scaled tasks are written under cache_dir), files."""
+        from pathlib import Path
+
+        from tasks.registry import resolve
+
+        if self.suite != "kernelbench":
+            return resolve(self.suite, list(self.tasks) or None)
+        from tasks.kernelbench import KernelBenchSelection
+
+        selection = KernelBenchSelection(Path(str(self.kernelbench)).expanduser().resolve(), self.levels,
+                                         self.task_ids, self.scale)
+        return resolve(self.suite, list(self.tasks) or None, kernelbench=selection, cache_dir=Path(cache_dir))
+
+    def eval_policy(self) -> Any:
+        from evaluator.rules import policy
+
+        return policy(self.policy)
 
     def optimize_config(self) -> Any:
         from agent.optimize import OptimizeConfig

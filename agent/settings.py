@@ -44,6 +44,7 @@ SETTINGS: dict[str, Setting] = {
                         "CPU device: the machine's ceilings, read from the store or measured when missing "
                         "(measure), measured with tiny sizes (quick: tests; not ceilings), or none (off: no "
                         "peak fraction and no physical-bound gate)"),
+    "kernelbench": Setting("KERNELWRIGHT_KERNELBENCH", "", str, "a local KernelBench checkout (--suite kernelbench)"),
     "base_url": Setting("OPENAI_BASE_URL", "", str, "OpenAI-compatible endpoint"),
     "model": Setting("KERNELWRIGHT_MODEL", "", str, "LLM model name"),
     "log": Setting("KERNELWRIGHT_LOG", "warning", _log_level,

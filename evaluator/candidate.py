@@ -56,6 +56,7 @@ class CandidateRun:
         self.rounds = rounds.Rounds()
         self.coverage: coverage.Coverage | None = None
         self.work: task_work.Work | None = None
+        self.torch_ops: set[str] = set()  # PyTorch compute ops forward ran (allowed by some policies)
         self.peak: dict[str, Any] = {}  # the Verdict's peak_fraction, bound, reference_peak_fraction
         self._variant: Any = "unset"
 
@@ -94,6 +95,8 @@ class CandidateRun:
             self.final_check(first)
         # last: a kernel that is wrong is incorrect before it is anything else
         self._reject(coverage.check(self.coverage, self.ev.cfg.policy.min_coverage))
+        if flag := rules.lazy(self.coverage.share if self.coverage else None, self.ev.cfg.policy):
+            self.flags.append(flag)
         self._roofline()
 
     def _roofline(self) -> None:
@@ -150,6 +153,7 @@ class CandidateRun:
         except ProtocolError as e:
             raise WorkerDied(f"protocol violation: {e}") from None
         reason = rules.check_call(meta.get("report", {}), self.ev.cfg.policy, self.kernel_names)
+        self.torch_ops.update(rules.compute_ops([str(op) for op in meta.get("report", {}).get("aten_ops", [])]))
         if reason:
             raise Fail(Status.REJECTED, f"{reason} [{name}]")
         sent = [a for a in args if isinstance(a, torch.Tensor)]

@@ -194,6 +194,10 @@ class Evaluator:
 
     # --- candidate side ---------------------------------------------------------------
     def evaluate(self, task: Task, source: str, slow_ms: float | None = None) -> Verdict:
+        """The verdict on one candidate, under this evaluator's policy (recorded with it)."""
+        return dataclasses.replace(self._evaluate(task, source, slow_ms), policy=self.cfg.policy.name)
+
+    def _evaluate(self, task: Task, source: str, slow_ms: float | None) -> Verdict:
         t0 = time.monotonic()
         try:
             findings = static.screen(source)
@@ -201,6 +205,7 @@ class Evaluator:
             return Verdict(Status.COMPILE_ERROR, f"syntax error at line {e.lineno}: {e.msg}")
         if not static.defines_modelnew(source):
             return Verdict(Status.COMPILE_ERROR, "the candidate defines no class ModelNew")
+        findings = rules.screened(findings, self.cfg.policy)
         if self.cfg.policy.static_screen and findings:
             return Verdict(Status.REJECTED, str(findings[0]), flags=tuple(str(f) for f in findings[1:]))
         stages = {"static": time.monotonic() - t0}
@@ -238,4 +243,4 @@ class Evaluator:
                        reference=run.ref_timing if status is Status.OK else None,
                        reference_compiled=run.compiled_timing if status is Status.OK else None,
                        flags=tuple(flags), fingerprint=fp, stages=stages, log=(run.log + log)[-8000:],
-                       coverage=run.coverage, **(run.peak if status is Status.OK else {}))
+                       coverage=run.coverage, torch_ops=tuple(sorted(run.torch_ops)), **(run.peak if status is Status.OK else {}))

@@ -116,6 +116,8 @@ class Verdict:
     peak_fraction: float | None = None
     bound: str | None = None  # "memory" or "compute"
     reference_peak_fraction: float | None = None
+    policy: str = "strict"  # the rules it was judged under (evaluator/rules.py POLICIES)
+    torch_ops: tuple[str, ...] = ()  # PyTorch compute ops forward ran (only policies other than strict allow any)
 
     @property
     def correct(self) -> bool:
@@ -170,6 +172,8 @@ class Verdict:
             "peak_fraction": self.peak_fraction,
             "bound": self.bound,
             "reference_peak_fraction": self.reference_peak_fraction,
+            "policy": self.policy,
+            "torch_ops": list(self.torch_ops),
         }
 
 

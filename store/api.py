@@ -19,8 +19,8 @@ from sqlmodel import Session, col, func, select
 from store import ranking
 from store.db import open_engine
 from store.errors import StoreError, one_line
-from store.models import ORIGINS, RUN_STATUSES, Candidate, Evaluation, LLMCall, Run, Task, utcnow
-from store.rows import (CANDIDATE_ID_LEN, candidate_dict, candidate_id, encode, evaluation_dict, evaluation_row,
+from store.models import ORIGINS, RUN_STATUSES, Candidate, Claim, Evaluation, LLMCall, Run, Task, utcnow
+from store.rows import (CANDIDATE_ID_LEN, candidate_dict, claim_dict, candidate_id, encode, evaluation_dict, evaluation_row,
                         iso, llm_call_dict, llm_call_row, run_dict, sha256_hex, task_dict)
 from store.sqlite import for_writes
 
@@ -31,7 +31,7 @@ _RANKED = (col(Evaluation.id).label("id"), col(Evaluation.candidate_id).label("c
            col(Evaluation.speedup).label("speedup"), col(Evaluation.candidate_ms).label("candidate_ms"),
            col(Evaluation.reference_ms).label("reference_ms"), col(Evaluation.peak_fraction).label("peak_fraction"),
            col(Evaluation.bound).label("bound"))
-_Row = TypeVar("_Row", Task, Candidate)
+_Row = TypeVar("_Row", Task, Candidate, Claim)
 
 
 class Store:
@@ -133,6 +133,39 @@ class Store:
             s.flush()
             return cid, evaluation.id
 
+    def record_claim(self, candidate_id: str, source: str, claimed: Mapping[str, Any],
+                     run_id: int | None = None) -> int:
+        """What an imported candidate's publisher claimed (claimed["speedup"], claimed["correct"] and any
+        other figures, kept whole); once per candidate and source: importing again keeps the first."""
+        speedup, correct = claimed.get("speedup"), claimed.get("correct")
+        if speedup is not None and (isinstance(speedup, bool) or not isinstance(speedup, (int, float))):
+            raise StoreError(f"a claimed speedup must be a number or null, not {speedup!r}")
+        if correct is not None and not isinstance(correct, bool):
+            raise StoreError(f"a claimed correctness must be true, false or null, not {correct!r}")
+        details = encode("claim details", dict(claimed))
+        with self._write() as s:
+            if s.get(Candidate, candidate_id) is None:
+                raise StoreError(f"no candidate {candidate_id}")
+
+            def find(s: Session) -> Claim | None:
+                return s.exec(select(Claim).where(Claim.candidate_id == candidate_id, Claim.source == source)).first()
+
+            row = find(s) or _insert_once(s, Claim(candidate_id=candidate_id, run_id=run_id, source=source,
+                                                   claimed_speedup=None if speedup is None else float(speedup),
+                                                   claimed_correct=correct, details=details), find)
+            s.flush()
+            assert row.id is not None
+            return row.id
+
+    def claims(self, run_id: int | None = None) -> list[dict[str, Any]]:
+        """Imported candidates' claims (of one import run, if given), oldest first, with their task."""
+        query = (select(Claim, Task.name).join(Candidate, col(Candidate.id) == Claim.candidate_id)
+                 .join(Task, col(Task.id) == Candidate.task_id).order_by(col(Claim.id)))
+        if run_id is not None:
+            query = query.where(Claim.run_id == run_id)
+        with Session(self.engine) as s:
+            return [{**claim_dict(c), "task": name} for c, name in s.exec(query)]
+
     def record_llm_call(self, call: Mapping[str, Any], run_id: int | None = None) -> int:
         """An LLM call that produced no candidate (an API error, a format failure)."""
         with self._write() as s:
@@ -168,12 +201,14 @@ class Store:
             return [evaluation_dict(e) for e in rows]
 
     def best(self, task: str | int | None = None, device: str | None = None,
-             fingerprint_id: str | None = None) -> list[dict[str, Any]]:
+             fingerprint_id: str | None = None, policy: str = "strict") -> list[dict[str, Any]]:
         """Per task, the correct candidate with the highest median speedup over its evaluations
         (store/ranking.py: the earliest wins a tie; one ever judged incorrect never ranks).
 
         `task` is a task name (every task of that name) or a task id. Without a fingerprint
         filter, speedups measured on different machines compete; filter to compare fairly.
+        Only evaluations under `policy` count (rows from before policies existed are strict's):
+        a kernel that may call PyTorch never competes with one that may not.
         """
         query = (select(*_RANKED, col(Task.id).label("task_id"), col(Task.name).label("task"),
                         col(Task.suite).label("suite"), col(Candidate.origin).label("origin"),
@@ -190,6 +225,7 @@ class Store:
             query = query.where(Evaluation.device == device)
         if fingerprint_id is not None:
             query = query.where(Evaluation.fingerprint_id == fingerprint_id)
+        query = query.where(func.coalesce(Evaluation.policy, "strict") == policy)
         with Session(self.engine) as s:
             rows = list(s.exec(query))
         per_task: dict[int, list[ranking.Standing]] = {}
@@ -203,7 +239,8 @@ class Store:
                         "measurements": st.measurements, "candidate_id": st.candidate_id, "evaluation_id": e.id,
                         "fingerprint_id": e.fingerprint_id, "device": e.device, "origin": e.origin,
                         "candidate_ms": st.candidate_ms, "reference_ms": st.reference_ms,
-                        "peak_fraction": st.peak_fraction, "bound": st.bound, "created_at": iso(e.created_at)})
+                        "peak_fraction": st.peak_fraction, "bound": st.bound, "policy": policy,
+                        "created_at": iso(e.created_at)})
         return sorted(out, key=lambda r: (r["task"], r["task_id"]))
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -324,7 +361,8 @@ class Store:
                      "correct": e.correct, "speedup": e.speedup, "candidate_ms": e.candidate_ms,
                      "reference_ms": e.reference_ms, "peak_fraction": e.peak_fraction, "bound": e.bound,
                      "reference_peak_fraction": e.reference_peak_fraction, "reward": e.reward, "strategy": e.strategy,
-                     "device": e.device, "fingerprint_id": e.fingerprint_id, "created_at": iso(e.created_at)}
+                     "device": e.device, "fingerprint_id": e.fingerprint_id, "policy": e.policy or "strict",
+                     "created_at": iso(e.created_at)}
                     for e, origin, parent, tid, name in s.exec(query)]
 
     # --- transactions --------------------------------------------------------------------

@@ -233,3 +233,30 @@ def m005_peak_fraction(conn: Connection) -> None:
     (memory or compute), and the reference's share (evaluator/roofline.py)."""
     for name, kind in (("peak_fraction", Float()), ("bound", String()), ("reference_peak_fraction", Float())):
         conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))
+
+
+@migration
+def m006_policies_and_claims(conn: Connection) -> None:
+    """Per evaluation the policy it was judged under (evaluator/rules.py; NULL in older rows:
+    strict, the only policy there was) and the PyTorch compute ops its forward ran (JSON list);
+    and the claims an imported candidate came with (agent/importers.py), kept beside the
+    measured figures."""
+    for name, kind in (("policy", String()), ("torch_ops", Text())):
+        conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))
+    md = MetaData()
+    for name, key in (("runs", Integer), ("candidates", String)):
+        Table(name, md, Column("id", key, primary_key=True))  # stubs: targets of the foreign keys
+    Table(
+        "claims", md,
+        Column("id", Integer, primary_key=True),
+        Column("candidate_id", String, ForeignKey("candidates.id"), nullable=False),
+        Column("run_id", Integer, ForeignKey("runs.id"), nullable=True),
+        Column("source", String, nullable=False),
+        Column("claimed_speedup", Float, nullable=True),
+        Column("claimed_correct", Boolean, nullable=True),
+        Column("details", Text, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        UniqueConstraint("candidate_id", "source", name="uq_claims_candidate_source"),
+        Index("ix_claims_run_id", "run_id"),
+    )
+    md.tables["claims"].create(conn, checkfirst=False)

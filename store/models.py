@@ -13,7 +13,7 @@ from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 RUN_STATUSES = ("running", "finished", "interrupted", "failed")
-ORIGINS = ("user", "seed", "llm", "tuner")
+ORIGINS = ("user", "seed", "llm", "tuner", "import")
 
 
 def utcnow() -> dt.datetime:
@@ -106,6 +106,27 @@ class Evaluation(SQLModel, table=True):
     peak_fraction: float | None = None
     bound: str | None = None
     reference_peak_fraction: float | None = None
+    # m006: the policy the verdict was reached under (None in older rows: strict), the PyTorch compute ops
+    # its forward ran (JSON list; policies other than strict allow them)
+    policy: str | None = None
+    torch_ops: str | None = _text(nullable=True)
+
+
+class Claim(SQLModel, table=True):
+    """What an imported candidate's publisher claimed for it (m006): kept beside what kernelwright measured."""
+
+    __tablename__ = "claims"
+    __table_args__ = (UniqueConstraint("candidate_id", "source", name="uq_claims_candidate_source"),
+                      Index("ix_claims_run_id", "run_id"))
+
+    id: int | None = Field(default=None, primary_key=True)
+    candidate_id: str = Field(foreign_key="candidates.id")
+    run_id: int | None = Field(default=None, foreign_key="runs.id")
+    source: str  # where the claim came from: "cuda-l1:<file>", "kernelbench:<folder>", ...
+    claimed_speedup: float | None = None
+    claimed_correct: bool | None = None
+    details: str = _text()  # JSON object: every claimed figure as given
+    created_at: dt.datetime = Field(default_factory=utcnow)
 
 
 class LLMCall(SQLModel, table=True):

@@ -13,7 +13,7 @@ import math
 from typing import Any, Mapping
 
 from store.errors import StoreError
-from store.models import Candidate, Evaluation, LLMCall, Run, Task
+from store.models import Candidate, Claim, Evaluation, LLMCall, Run, Task
 
 CANDIDATE_ID_LEN = 12
 _FLOAT_FIELDS = ("speedup", "candidate_ms", "reference_ms", "candidate_spread_ms", "reference_spread_ms",
@@ -83,7 +83,15 @@ def evaluation_row(candidate: str, run_id: int | None, verdict: Mapping[str, Any
         resources=encode("verdict resources", list(verdict["resources"])) if "resources" in verdict else None,
         attribution=encode("verdict attribution", dict(verdict["attribution"])) if verdict.get("attribution") else None,
         bound=_bound(verdict.get("bound")),
+        policy=_policy(verdict.get("policy")),
+        torch_ops=encode("verdict torch_ops", list(verdict["torch_ops"])) if verdict.get("torch_ops") else None,
     )
+
+
+def _policy(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.isidentifier()):
+        raise StoreError(f"verdict policy must be a policy's name or null, not {value!r}")
+    return value
 
 
 def _bound(value: Any) -> str | None:
@@ -118,7 +126,14 @@ def evaluation_dict(e: Evaluation) -> dict[str, Any]:
             "fingerprint_id": e.fingerprint_id, "device": e.device, "log": e.log,
             "reward": e.reward, "reward_note": e.reward_note, "strategy": e.strategy,
             "resources": decode(e.resources), "attribution": decode(e.attribution),
-            "bound": e.bound, "created_at": iso(e.created_at)}
+            "bound": e.bound, "policy": e.policy or "strict", "torch_ops": decode(e.torch_ops) or [],
+            "created_at": iso(e.created_at)}
+
+
+def claim_dict(c: Claim) -> dict[str, Any]:
+    return {"id": c.id, "candidate_id": c.candidate_id, "run_id": c.run_id, "source": c.source,
+            "claimed_speedup": c.claimed_speedup, "claimed_correct": c.claimed_correct,
+            "details": decode(c.details), "created_at": iso(c.created_at)}
 
 
 LLM_CALL_STATUSES = ("ok", "api_error", "format_error")

@@ -91,7 +91,7 @@ def test_the_migrated_schema_is_the_schema_the_models_describe(engine: Engine):
     # The models are written by hand next to the migrations; this is what keeps them in step.
     migrate(engine)
     db = inspect(engine)
-    tables = {t.name: t for t in SQLModel.metadata.sorted_tables if t.name in {"tasks", "runs", "candidates", "evaluations", "llm_calls", "ceilings"}}
+    tables = {t.name: t for t in SQLModel.metadata.sorted_tables if t.name in {"tasks", "runs", "candidates", "evaluations", "llm_calls", "ceilings", "claims"}}
     assert set(tables) == set(db.get_table_names()) - {LEDGER.name}
     for name, model in tables.items():
         assert {(c["name"], c["nullable"]) for c in db.get_columns(name)} == \
