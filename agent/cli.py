@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from agent.app import (DbOpt, DeviceOpt, JsonOpt, PolicyOpt, TimeoutOpt, app, check_policy, console, read_candidate,
-                       tasks_app)
+from agent.app import (DbOpt, DeviceOpt, JsonOpt, KernelBenchOpt, LevelOpt, PolicyOpt, ScaleOpt, TaskIdOpt, TimeoutOpt, app,
+                       check_policy, console, read_candidate, suite_fields, tasks_app)
 from agent.display import coverage_line, peak_text
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
@@ -112,20 +112,30 @@ def compile_cmd(
 
 @tasks_app.command("list")
 @cli_errors
-def tasks_list(suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite"),
-               as_json: bool = JsonOpt) -> None:
-    """List the built-in tasks."""
+def tasks_list(suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite (kernelbench: from --kernelbench)"),
+               kernelbench: Optional[str] = KernelBenchOpt, level: Optional[list[int]] = LevelOpt,
+               task_id: Optional[list[int]] = TaskIdOpt, scale: float = ScaleOpt, as_json: bool = JsonOpt) -> None:
+    """List the built-in tasks, or a KernelBench checkout's."""
+    from agent.runspec import RunSpec, SpecError
     from tasks.registry import suite_tasks, suites
 
-    names = [suite] if suite else suites()
+    if suite == "kernelbench":
+        try:
+            spec = RunSpec("optimize", **suite_fields(suite, None, kernelbench, level, task_id, scale, "strict"))
+        except SpecError as e:
+            raise UserError(str(e)) from None
+        found = [("kernelbench", t) for t in spec.resolve_tasks(options(None, "cpu", None).cache_dir)]
+    else:
+        suite_fields(suite, None, None, level, task_id, scale, "strict")  # (the KernelBench flags need its suite)
+        found = [(s, t) for s in ([suite] if suite else suites()) for t in suite_tasks(s)]
     rows = [{"suite": s, "task": t.name, "file": str(t.path), "description": t.meta.description,
-             "variants": len(t.meta.variants), "seeds": len(t.meta.seeds)} for s in names for t in suite_tasks(s)]
+             "variants": len(t.meta.variants), "seeds": len(t.meta.seeds), "scale": t.meta.scale} for s, t in found]
     if as_json:
         typer.echo(json.dumps({"tasks": rows}))
         return
-    table = Table("suite", "task", "variants", "seeds", "description")
+    table = Table("suite", "task", "variants", "seeds", "scale", "description")
     for r in rows:
-        table.add_row(r["suite"], r["task"], str(r["variants"]), str(r["seeds"]), r["description"])
+        table.add_row(r["suite"], r["task"], str(r["variants"]), str(r["seeds"]), f"{r['scale']:g}", r["description"])
     console.print(table)
 
 

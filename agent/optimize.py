@@ -64,6 +64,7 @@ class Optimizer:
     def __init__(self, store: Any, evaluator: Any, tasks: list[Task], cfg: OptimizeConfig, run_id: int,
                  llm: LLMClient | None = None, on_update: Callable[["Optimizer"], None] | None = None):
         self.store, self.evaluator, self.cfg, self.run_id, self.llm = store, evaluator, cfg, run_id, llm
+        self.policy: str = evaluator.cfg.policy.name  # history, dedup and prompts: this policy's verdicts only
         self.on_update = on_update or (lambda _: None)
         self.rng = random.Random(cfg.seed * 7919 + run_id)
         self.lock = threading.Condition()  # guards the state below; notified when a job ends
@@ -83,13 +84,13 @@ class Optimizer:
     def _restore(self, task: Task, progress: dict[int, dict[str, Any]]) -> _TaskRun:
         tid = self.store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
         tr = _TaskRun(task, tid)
-        for h in self.store.task_history(tid, self.run_id):
+        for h in self.store.task_history(tid, self.run_id, self.policy):
             tr.members.append(_member(h))
             self._note_best(tr, h["evaluation"])
         # every evaluation beyond one per candidate was a re-measurement
         tr.confirms = progress.get(tid, {}).get("evaluated", 0) - tr.evaluated
         if self.llm is None:
-            history = self.store.task_history(tid)
+            history = self.store.task_history(tid, policy=self.policy)
             for path in task.seed_paths():
                 source = path.read_text()
                 if propose.knobs.read_space(source) is None:
@@ -207,11 +208,11 @@ class Optimizer:
 
     def _ask_llm(self, tr: _TaskRun, ask: strategies.Ask) -> None:
         assert self.llm is not None
-        history = self.store.task_history(tr.task_id)
+        history = self.store.task_history(tr.task_id, policy=self.policy)
         fp = self.evaluator.fingerprint(tr.task)
         worst = self.llm.worst_case_cost() if self.cfg.max_cost_usd is not None else 0.0
         try:
-            proposal = propose.from_llm(self.llm, ask, tr.task.source, tr.task.name, propose.target_facts(fp, self.evaluator.cfg.policy.name),
+            proposal = propose.from_llm(self.llm, ask, tr.task.source, tr.task.name, propose.target_facts(fp, self.policy),
                                         history, random.Random(self.rng.random()))
         finally:
             with self.lock:
@@ -231,8 +232,8 @@ class Optimizer:
         for c in calls[:-1]:  # format failures before the answer that worked
             self.store.record_llm_call({**c, "task_id": tr.task_id}, self.run_id)
         cid = content_id(tr.task.source_hash, proposal.source)
-        if self.store.candidate(cid) is not None and self.store.evaluations(cid):
-            # seen before (this run or another): dedup by content; the call is kept, linked to it
+        if self.store.candidate(cid) is not None and any(e["policy"] == self.policy for e in self.store.evaluations(cid)):
+            # seen before under this policy (this run or another): dedup by content; the call is kept, linked to it
             self.store.record_llm_call({**calls[-1], "task_id": tr.task_id, "candidate_id": cid}, self.run_id)
             return
         self._evaluate(tr, proposal, calls[-1])

@@ -256,11 +256,13 @@ class Store:
             r = s.get(Run, run_id)
             return None if r is None else run_dict(r, 0)
 
-    def task_history(self, task_id: int, run_id: int | None = None) -> list[dict[str, Any]]:
-        """Every candidate of a task (of one run, if given) with its latest evaluation, oldest
-        first: what strategies pick parents from and prompts show as exemplars."""
-        latest = (select(func.max(Evaluation.id)).where(Evaluation.candidate_id == Candidate.id)
-                  .correlate(Candidate).scalar_subquery())
+    def task_history(self, task_id: int, run_id: int | None = None, policy: str | None = None) -> list[dict[str, Any]]:
+        """Every candidate of a task (of one run, if given) with its latest evaluation (under one
+        policy, if given), oldest first: what strategies pick parents from and prompts show as exemplars."""
+        latest_q = select(func.max(Evaluation.id)).where(Evaluation.candidate_id == Candidate.id)
+        if policy is not None:
+            latest_q = latest_q.where(func.coalesce(Evaluation.policy, "strict") == policy)
+        latest = latest_q.correlate(Candidate).scalar_subquery()
         query = (select(Candidate, Evaluation).join(Evaluation, col(Evaluation.id) == latest)
                  .where(Candidate.task_id == task_id).order_by(col(Evaluation.id)))
         if run_id is not None:

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tasks.spec import Task, TaskError, load_task
+
+if TYPE_CHECKING:
+    from tasks.kernelbench import KernelBenchSelection
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
@@ -15,14 +19,21 @@ def suites() -> list[str]:
 def suite_tasks(name: str) -> list[Task]:
     folder = SUITES_DIR / name
     if not folder.is_dir():
-        raise TaskError(f"unknown suite {name!r} (known: {', '.join(suites())})")
+        raise TaskError(f"unknown suite {name!r} (known: {', '.join(suites())}, and kernelbench with --kernelbench DIR)")
     return [load_task(p) for p in sorted(folder.glob("*.py")) if not p.name.startswith("_")]
 
 
-def resolve(suite: str | None, files: list[str] | None) -> list[Task]:
-    """Tasks named on a command line: a suite, files, or both."""
+def resolve(suite: str | None, files: list[str] | None, kernelbench: KernelBenchSelection | None = None,
+            cache_dir: Path | None = None) -> list[Task]:
+    """Tasks named on a command line: a suite (kernelbench: from a checkout), files, or both."""
     tasks: list[Task] = []
-    if suite:
+    if suite == "kernelbench":
+        from tasks.kernelbench import load_suite
+
+        if kernelbench is None or cache_dir is None:
+            raise TaskError("--suite kernelbench needs --kernelbench DIR (a local KernelBench checkout)")
+        tasks += load_suite(kernelbench, cache_dir)
+    elif suite:
         tasks += suite_tasks(suite)
     for f in files or []:
         tasks.append(load_task(f))

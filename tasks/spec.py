@@ -18,7 +18,7 @@ from typing import Any
 
 META_KEYS = {
     "name", "suite", "description", "atol", "rtol", "variants", "input_transforms",
-    "seeds", "devices", "flops", "bytes", "input_devices", "compile_reference",
+    "seeds", "devices", "flops", "bytes", "input_devices", "compile_reference", "scale",
 }
 
 
@@ -43,6 +43,7 @@ class TaskMeta:
     # KernelBench default), "cpu" (left on the host) or "pinned" (page-locked host memory)
     input_devices: tuple[str, ...] = ()
     compile_reference: bool = True  # also time torch.compile(Model) on GPUs
+    scale: float = 1.0  # KernelBench tasks: the factor their size constants were shrunk by (tasks/kernelbench.py)
 
 
 @dataclasses.dataclass(frozen=True)
