@@ -6,7 +6,7 @@ a directory mounted into the container (the only way out of a container with no 
 
 A container gets: no network, a read-only root (the image of sandbox/image.py), a tmpfs work
 directory, memory, pids and CPU limits, no capabilities, no-new-privileges, the supervisor's
-own uid, the fast-path cache and kernelwright's packages read-only, GPUs by device request
+own uid, the build caches (fast path, load_inline) and kernelwright's packages read-only, GPUs by device request
 with device cuda. It gets no writable host path and no environment but the scrubbed one.
 Its pid 1 (sandbox/container.py) reports the worker's exit through `docker wait`; killing it
 is `docker kill`, and nothing the candidate started outlives the container.
@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import env as envmod
+from sandbox import extension
 from sandbox import protocol
 from sandbox.compiler import BuildResult, CompileSpec, build
 from sandbox.process import SandboxConfig, Worker
@@ -185,6 +186,10 @@ class DockerSandbox:
     def build(self, spec: CompileSpec) -> BuildResult:
         return build(spec, self.cfg.compiler)
 
+    def build_extension(self, spec: extension.ExtensionSpec) -> BuildResult:
+        """load_inline's extensions too are built here (the image holds no compiler)."""
+        return extension.build(spec, self.cfg.extensions)
+
     # --- containers ------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
         env = envmod.worker_env(self.parent_env, WORKDIR, self.cfg.threads, {"KERNELWRIGHT_SANDBOX": "1"})
@@ -192,10 +197,10 @@ class DockerSandbox:
         return env
 
     def _mounts(self, hostdir: Path) -> dict[str, dict[str, str]]:
-        fastpath = self.cfg.compiler.cache_dir
-        fastpath.mkdir(parents=True, exist_ok=True)
-        volumes = {str(hostdir): {"bind": SOCKDIR, "mode": "ro"},  # builds name the cache's paths as given:
-                   str(fastpath.resolve()): {"bind": os.path.abspath(fastpath), "mode": "ro"}}
+        volumes = {str(hostdir): {"bind": SOCKDIR, "mode": "ro"}}
+        for cache in (self.cfg.compiler.cache_dir, self.cfg.extensions.cache_dir):  # fast path, load_inline
+            cache.mkdir(parents=True, exist_ok=True)  # builds name the caches' paths as given:
+            volumes[str(cache.resolve())] = {"bind": os.path.abspath(cache), "mode": "ro"}
         top = self.cfg.handler.partition(":")[0].split(".")[0]
         for name in dict.fromkeys([*PACKAGES, top]):
             pkg = Path(importlib.import_module(name).__file__ or "").resolve().parent

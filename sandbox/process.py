@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import binscreen
+from sandbox import extension
 from sandbox import env as envmod
 from sandbox import protocol, stamped
 from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
@@ -44,6 +45,7 @@ class SandboxConfig:
     isolate: bool = True  # namespaces (network, pid, read-only mounts) where the OS allows
     device: str = "cpu"
     compile_timeout_s: float = 120.0
+    extension_timeout_s: float = 600.0  # a load_inline build: tens of seconds on an idle machine, more with CUDA
     handler: str = "evaluator.probe:Probe"
     warm_modules: tuple[str, ...] = ("torch", "evaluator.probe", "?triton")  # "?": if installed
     timing_cpus: tuple[int, ...] = ()  # sandbox/cpus.py: cores kept for timing phases; () none
@@ -70,6 +72,11 @@ class SandboxConfig:
     @property
     def compiler(self) -> CompilerConfig:
         return CompilerConfig(cache_dir=self.cache_dir / "fastpath", timeout_s=self.compile_timeout_s)
+
+    @property
+    def extensions(self) -> CompilerConfig:
+        """load_inline's extensions (sandbox/extension.py): built here, read-only to workers."""
+        return CompilerConfig(cache_dir=self.cache_dir / "extensions", timeout_s=self.extension_timeout_s)
 
 
 SHARED_CACHES = ("torch_ext", "triton", "inductor")
@@ -231,6 +238,9 @@ class Worker:
             if kind == "compile":
                 self._serve_build(meta)
                 continue
+            if kind == "compile_extension":
+                self._serve_extension(meta)
+                continue
             if kind == "error":
                 raise WorkerError(meta)
             return kind, meta, tensors
@@ -250,6 +260,25 @@ class Worker:
                 result = binscreen.screen_build(spec, self.sandbox.build(spec))
         except (KeyError, TypeError, ValueError) as e:
             result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
+        self._answer(result)
+
+    def _serve_extension(self, meta: dict[str, Any]) -> None:
+        """A load_inline build: compiled here (never loaded here), loaded by the worker from the
+        path it is given; recorded in `builds` like a fast-path build (its log for a compile
+        error, its path for coverage)."""
+        try:
+            spec = extension.ExtensionSpec.from_meta(meta)
+            bad = [f for f in spec.flags() if not _safe_flag(f)]
+            if bad:
+                result = BuildResult(False, "", f"compiler flag not allowed: {bad[0]}", 0.0, False, "")
+            else:
+                builder = getattr(self.sandbox, "build_extension", None)
+                result = builder(spec) if builder else extension.build(spec, self.sandbox.cfg.extensions)
+        except (KeyError, TypeError, ValueError) as e:
+            result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
+        self._answer(result)
+
+    def _answer(self, result: BuildResult) -> None:
         self.builds.append(result)
         try:
             protocol.send(self.sock, "compiled", dataclasses.asdict(result))
@@ -316,6 +345,12 @@ class ProcessSandbox:
     def build(self, spec: CompileSpec) -> BuildResult:
         result = build(spec, self.cfg.compiler)
         _log.debug("build %s (%s): %s, %s in %.2f s", result.key[:12], spec.lang, "ok" if result.ok else "failed",
+                   "cached" if result.cached else "compiled", result.seconds)
+        return result
+
+    def build_extension(self, spec: extension.ExtensionSpec) -> BuildResult:
+        result = extension.build(spec, self.cfg.extensions)
+        _log.debug("extension %s (%s): %s, %s in %.2f s", spec.name, result.key[:12], "ok" if result.ok else "failed",
                    "cached" if result.cached else "compiled", result.seconds)
         return result
 

@@ -1,8 +1,8 @@
 """The worker's request loop: the supervisor asks, a handler object answers.
 
 Runs inside the sandbox, next to untrusted code. It only reports raw data; the supervisor
-decides what any of it means. Builds requested by the fast path are forwarded to the
-supervisor, which compiles them outside the sandbox and owns the cache.
+decides what any of it means. Builds requested by the fast path and by load_inline are
+forwarded to the supervisor, which compiles them outside the sandbox and owns the cache.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 
 from sandbox import fastpath, protocol
 from sandbox.compiler import BuildResult, CompileSpec
+from sandbox.extension import ExtensionSpec
 
 MAX_TRACE = 8000
 
@@ -27,7 +28,8 @@ class CompileFailure(Exception):
 
 
 class Rpc:
-    """Requests from the worker to the supervisor (only builds, for now)."""
+    """Requests from the worker to the supervisor (only builds, for now: fast-path libraries and
+    load_inline's extensions)."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
@@ -37,6 +39,14 @@ class Rpc:
             "source": spec.source, "lang": spec.lang, "flags": list(spec.flags),
             "defines": [list(d) for d in spec.defines], "arch": spec.arch, "output": spec.output,
         })
+        return self._result()
+
+    def build_extension(self, spec: ExtensionSpec) -> BuildResult:
+        """A load_inline extension (sandbox/extension.py), built by the supervisor."""
+        protocol.send(self.sock, "compile_extension", spec.to_meta())
+        return self._result()
+
+    def _result(self) -> BuildResult:
         kind, meta, _ = protocol.recv(self.sock)
         if kind != "compiled":
             raise protocol.ProtocolError(f"expected a build result, got {kind!r}")
