@@ -176,6 +176,7 @@ def main() -> None:
     from agent import cli_review  # noqa: F401 - registers its commands on the app
     from agent import cli_device  # noqa: F401 - registers `device`
     from agent import cli_e2e  # noqa: F401 - registers `e2e`
+    from agent import cli_import  # noqa: F401 - registers `import` and `audit`
 
     app()
 

@@ -34,11 +34,16 @@ class ReportData:
     title: str
     evaluations: list[dict[str, Any]]  # Store.evaluation_rows()
     llm_calls: list[dict[str, Any]]  # Store.llm_calls()
+    audits: tuple[Any, ...] = ()  # agent/audit.py: one per import run shown
 
 
 def load(store: Any, run_id: int | None = None) -> ReportData:
+    from agent.audit import audit
+
     title = f"run {run_id}" if run_id is not None else "all runs"
-    return ReportData(title, store.evaluation_rows(run_id), store.llm_calls(run_id=run_id))
+    runs = [run_id] if run_id is not None else sorted({c["run_id"] for c in store.claims() if c["run_id"] is not None})
+    audits = tuple(a for a in (audit(store, r) for r in runs) if a.rows)
+    return ReportData(title, store.evaluation_rows(run_id), store.llm_calls(run_id=run_id), audits)
 
 
 def leaderboard(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -175,6 +180,27 @@ def _reason(text: str) -> str:
     return first if len(first) <= 100 else first[:97] + "..."
 
 
+def audit_section(audits: tuple[Any, ...]) -> list[str]:
+    """Imported candidates (kernelwright import): what was claimed beside what was measured here."""
+    if not audits:
+        return []
+    parts = ["<h2>Imported candidates: claimed vs measured</h2>",
+             '<p class="note">Claims were measured by their publishers, elsewhere; measured speedups are this '
+             "store's, under the run's policy. A claim holds up when the candidate is correct and, if it claimed "
+             "to beat eager, does so here.</p>"]
+    for a in audits:
+        t = a.totals()
+        rows = [[("task", _e(r.task)), ("key", _e(r.key)), ("num claimed", fmt_speedup(r.claimed)),
+                 ("num measured", fmt_speedup(r.measured)), ("status", _e(r.status)), ("reason", _e(_reason(r.reason))),
+                 ("policy", _e(r.policy)), ("held", "yes" if r.held else "no")] for r in a.rows]
+        parts += [f'<p id="audit-totals-{a.run_id}">Import run {a.run_id}: {t["held_up"]} of {t["candidates"]} '
+                  f'claims hold up; geomean claimed {fmt_speedup(t["geomean_claimed"])}, measured '
+                  f'{fmt_speedup(t["geomean_measured"])} over {t["compared"]} correct and timed.</p>',
+                  _table(["task", "from", "claimed", "measured", "status", "reason", "policy", "held up"], rows,
+                         "audit" if len(audits) == 1 else f"audit-{a.run_id}")]
+    return parts
+
+
 def render(data: ReportData) -> str:
     rows, calls = data.evaluations, data.llm_calls
     board = leaderboard(rows)
@@ -211,6 +237,7 @@ def render(data: ReportData) -> str:
         parts += [failure_chart(dict(by_status)), _table(["status", "reason", "count"], reasons, "failures")]
     else:
         parts.append('<p class="note">No failed evaluations.</p>')
+    parts += audit_section(data.audits)
     parts.append("<h2>LLM tokens and cost</h2>")
     parts.append(llm_chart(calls) if calls else '<p class="note">No LLM calls (the knob tuner ran).</p>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>kernelwright report: '

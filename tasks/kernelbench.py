@@ -116,23 +116,31 @@ def load_suite(sel: KernelBenchSelection, cache_dir: Path) -> list[Task]:
             source = path.read_text()
         except (OSError, UnicodeDecodeError) as e:
             raise TaskError(f"cannot read {path}: {e}") from None
-        try:
-            source, changed = scaled(source, sel.scale)
-        except SyntaxError as e:
-            raise TaskError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
-        what = f"KernelBench level {level} problem {pid}"
-        if changed:
-            shown = ", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items())
-            source = f"# kernelwright: {what}, scaled by {sel.scale:g} ({shown})\n" + source
-        meta = {"name": f"kb_l{level}_{pid}_{_slug(_FILE.match(path.name).group(2))}"[:80], "suite": "kernelbench",
-                "description": what + (f", scaled by {sel.scale:g}" if changed else ""),
-                "variants": variants(source), "scale": sel.scale if changed else 1.0}
-        digest = hashlib.sha256((source + json.dumps(meta, sort_keys=True)).encode()).hexdigest()[:16]
-        folder = Path(cache_dir) / "kernelbench" / digest
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / path.name
-        if not target.is_file() or target.read_text() != source:
-            target.write_text(source)
-            target.with_suffix(".json").write_text(json.dumps(meta))
-        tasks.append(load_task(target))
+        name = f"kb_l{level}_{pid}_{_slug(_FILE.match(path.name).group(2))}"  # type: ignore[union-attr]
+        tasks.append(task_from_source(source, name, f"KernelBench level {level} problem {pid}", sel.scale,
+                                      cache_dir, path.name, where=str(path)))
     return tasks
+
+
+def task_from_source(source: str, name: str, what: str, scale: float, cache_dir: Path, filename: str | None = None,
+                     suite: str = "kernelbench", where: str | None = None) -> Task:
+    """A KernelBench-style task file, scaled and given derived shape variants, written where
+    tasks are loaded from (cache_dir/kernelbench/<digest>/, content-addressed) and loaded."""
+    try:
+        source, changed = scaled(source, scale)
+    except SyntaxError as e:
+        raise TaskError(f"{where or name}:{e.lineno}: syntax error: {e.msg}") from None
+    if changed:
+        shown = ", ".join(f"{k} {a}->{b}" for k, (a, b) in changed.items())
+        source = f"# kernelwright: {what}, scaled by {scale:g} ({shown})\n" + source
+    meta = {"name": _slug(name)[:80] or "task", "suite": suite,
+            "description": what + (f", scaled by {scale:g}" if changed else ""),
+            "variants": variants(source), "scale": scale if changed else 1.0}
+    digest = hashlib.sha256((source + json.dumps(meta, sort_keys=True)).encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / "kernelbench" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / (filename or f"{meta['name']}.py")
+    if not target.is_file() or target.read_text() != source:
+        target.write_text(source)
+        target.with_suffix(".json").write_text(json.dumps(meta))
+    return load_task(target)
