@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sandbox import binscreen
+from sandbox import binscreen, buildscreen
 from sandbox import extension
 from sandbox import env as envmod
 from sandbox import protocol, stamped
@@ -253,9 +253,9 @@ class Worker:
                                arch=meta.get("arch"), output=str(meta.get("output", "shared")))
             if self.arch_override and spec.lang == "cuda":
                 spec = dataclasses.replace(spec, arch=self.arch_override)
-            bad = [f for f in spec.flags if not _safe_flag(f)]
-            if bad:
-                result = BuildResult(False, "", f"compiler flag not allowed: {bad[0]}", 0.0, False, "")
+            why = buildscreen.flag_problem(spec.flags) or buildscreen.source_problem(spec.source)
+            if why:  # the compiler runs here, outside the jail: it must not read this machine's files
+                result = BuildResult(False, "", why, 0.0, False, "")
             else:  # a library that fails the binary screen is never handed to the worker
                 result = binscreen.screen_build(spec, self.sandbox.build(spec))
         except (KeyError, TypeError, ValueError) as e:
@@ -268,9 +268,10 @@ class Worker:
         error, its path for coverage)."""
         try:
             spec = extension.ExtensionSpec.from_meta(meta)
-            bad = [f for f in spec.flags() if not _safe_flag(f)]
-            if bad:
-                result = BuildResult(False, "", f"compiler flag not allowed: {bad[0]}", 0.0, False, "")
+            why = buildscreen.flag_problem(spec.flags()) or buildscreen.source_problem(*spec.cpp_sources,
+                                                                                        *spec.cuda_sources)
+            if why:
+                result = BuildResult(False, "", why, 0.0, False, "")
             else:
                 builder = getattr(self.sandbox, "build_extension", None)
                 result = builder(spec) if builder else extension.build(spec, self.sandbox.cfg.extensions)
@@ -319,12 +320,6 @@ class Worker:
         self.kill()
         self.sock.close()
         self.proc.release()
-
-
-def _safe_flag(flag: str) -> bool:
-    """Flags a candidate may pass to the compiler: no output redirection, plugins or specs."""
-    banned = ("-o", "-B", "-wrapper", "-fplugin", "-specs", "--output", "-save-temps", "-M", "@")
-    return not any(flag == b or flag.startswith(b) for b in banned) and "\n" not in flag
 
 
 class ProcessSandbox:
