@@ -48,7 +48,7 @@ class TaskRef:
     suite: str | None = None  # a built-in suite: resolved in the worker's own install
 
     @classmethod
-    def of(cls, task: Task) -> "TaskRef":
+    def of(cls, task: Task) -> TaskRef:
         from tasks.registry import SUITES_DIR
 
         try:
@@ -245,7 +245,7 @@ class Batch:
         for ref in self._pending:
             ray.cancel(ref, force=True)
 
-    def run(self, on_progress: Callable[["Batch"], None] | None = None, poll_s: float = 1.0) -> dict[str, Any]:
+    def run(self, on_progress: Callable[[Batch], None] | None = None, poll_s: float = 1.0) -> dict[str, Any]:
         while not self.done:
             self.poll(poll_s)
             if on_progress:

@@ -8,8 +8,23 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from agent.app import (DbOpt, DeviceOpt, JsonOpt, KernelBenchOpt, LevelOpt, PolicyOpt, ScaleOpt, TaskIdOpt, TimeoutOpt, app,
-                       check_policy, console, read_candidate, suite_fields, tasks_app)
+from agent.app import (
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    KernelBenchOpt,
+    LevelOpt,
+    PolicyOpt,
+    ScaleOpt,
+    TaskIdOpt,
+    TimeoutOpt,
+    app,
+    check_policy,
+    console,
+    read_candidate,
+    suite_fields,
+    tasks_app,
+)
 from agent.display import coverage_line, peak_text
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 
@@ -170,13 +185,15 @@ def tasks_check(task_file: Path = typer.Argument(..., help="Task file to validat
 
 
 def main() -> None:
-    from agent import cli_optimize  # noqa: F401 - registers its commands on the app
-    from agent import cli_sandbox  # noqa: F401 - registers its commands on the app
-    from agent import cli_batch  # noqa: F401 - registers `batch`
-    from agent import cli_review  # noqa: F401 - registers its commands on the app
-    from agent import cli_device  # noqa: F401 - registers `device`
-    from agent import cli_e2e  # noqa: F401 - registers `e2e`
-    from agent import cli_import  # noqa: F401 - registers `import` and `audit`
+    from agent import (
+        cli_batch,  # noqa: F401 - registers `batch`
+        cli_device,  # noqa: F401 - registers `device`
+        cli_e2e,  # noqa: F401 - registers `e2e`
+        cli_import,  # noqa: F401 - registers `import` and `audit`
+        cli_optimize,  # noqa: F401 - registers its commands on the app
+        cli_review,  # noqa: F401 - registers its commands on the app
+        cli_sandbox,  # noqa: F401 - registers its commands on the app
+    )
 
     app()
 

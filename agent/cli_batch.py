@@ -12,9 +12,31 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from agent.app import (KernelBenchOpt, LevelOpt, PolicyOpt, ScaleOpt, TaskIdOpt, suite_fields,
-                       BaseUrlOpt, BudgetOpt, DbOpt, DeviceOpt, JsonOpt, ModelOpt, SeedOpt, StrategyOpt, SuiteOpt,
-                       ConfirmOpt, TimeoutOpt, TuneFractionOpt, TunerOpt, app, check_search, console, err_console)
+from agent.app import (
+    BaseUrlOpt,
+    BudgetOpt,
+    ConfirmOpt,
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    KernelBenchOpt,
+    LevelOpt,
+    ModelOpt,
+    PolicyOpt,
+    ScaleOpt,
+    SeedOpt,
+    StrategyOpt,
+    SuiteOpt,
+    TaskIdOpt,
+    TimeoutOpt,
+    TuneFractionOpt,
+    TunerOpt,
+    app,
+    check_search,
+    console,
+    err_console,
+    suite_fields,
+)
 from agent.runspec import resume_hint, shown_url
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, machine_ceilings, open_store, options
 

@@ -13,7 +13,18 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from agent.app import DbOpt, DeviceOpt, JsonOpt, KernelBenchOpt, ScaleOpt, TimeoutOpt, app, check_policy, console, err_console
+from agent.app import (
+    DbOpt,
+    DeviceOpt,
+    JsonOpt,
+    KernelBenchOpt,
+    ScaleOpt,
+    TimeoutOpt,
+    app,
+    check_policy,
+    console,
+    err_console,
+)
 from agent.runspec import resume_hint, shown_url
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
 

@@ -28,7 +28,7 @@ class LiveProgress:
     def __init__(self, console: Console):
         self.live = Live(console=console, refresh_per_second=4, transient=True)
 
-    def __enter__(self) -> "LiveProgress":
+    def __enter__(self) -> LiveProgress:
         self.live.__enter__()
         return self
 

@@ -43,7 +43,7 @@ class TransformerConfig:
             raise ValueError(f"dtype {self.dtype!r} is not a torch dtype")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TransformerConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TransformerConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:

@@ -142,7 +142,7 @@ def _write(store: Any, cfg: ExportConfig, stage: Path, kept: list[tuple[dict[str
             (pkg / "kernels" / f"{module}.py").write_text(rewrite_imports(cand["source"], task.name))
             entries.append(_entry(task, module, row, cand, store.evaluation(row["evaluation_id"]), spread))
             functions.append(export_text.function(task, module))
-    manifest = {"package": cfg.name, "version": cfg.version, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    manifest = {"package": cfg.name, "version": cfg.version, "created_at": dt.datetime.now(dt.UTC).isoformat(),
                 "rule": _rule(cfg), "tasks": entries, "left_out": left_out, "prebuilt": None}
     (pkg / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     (pkg / "_runtime.py").write_text(runtime_source(cfg.name))

@@ -99,7 +99,7 @@ def _init(inits: list[list[Any]], shapes: list[list[tuple[int, ...] | None]], n_
         return None
     found = {}
     order = [*range(n_inputs, len(shapes[0])), *range(n_inputs)]  # the state's dims first
-    for i, value in enumerate(inits[0]):
+    for i, _value in enumerate(inits[0]):
         values = tuple(init[i] for init in inits)
         if len(set(values)) == 1:
             continue
@@ -150,7 +150,7 @@ def describe(task: Task, device: str, init_seed: int, tolerances: dict[str, list
               "ndim": t.dim(), "shape": list(t.shape)} for n, kind, t in _state(model0)]
     shapes = []
     for args, _, model in cases:
-        tensors = dict((n, t) for n, _, t in _state(model))
+        tensors = {n: t for n, _, t in _state(model)}
         shapes.append([tuple(a.shape) if isinstance(a, torch.Tensor) else None for a in args]
                       + [tuple(tensors[s["name"]].shape) if s["name"] in tensors else None for s in state])
     rules = _rules(shapes)

@@ -6,10 +6,10 @@ a Retry-After header is honoured. `complete` never raises for API failures: the 
 """
 from __future__ import annotations
 
-import logging
 import dataclasses
 import email.utils
 import json
+import logging
 import random
 import threading
 import time
@@ -199,7 +199,7 @@ class LLMClient:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "LLMClient":
+    def __enter__(self) -> LLMClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,16 +9,16 @@ worst-case cost is reserved before it is made).
 """
 from __future__ import annotations
 
-import logging
 import dataclasses
+import logging
 import random
 import threading
 import time
 from typing import Any, Callable
 
 from agent import propose, strategies
-from agent.llm import LLMClient
 from agent.judge import Record, judge
+from agent.llm import LLMClient
 from agent.reward import RewardConfig
 from agent.strategies import Member
 from store.rows import candidate_id as content_id
@@ -62,7 +62,7 @@ class _TaskRun:
 
 class Optimizer:
     def __init__(self, store: Any, evaluator: Any, tasks: list[Task], cfg: OptimizeConfig, run_id: int,
-                 llm: LLMClient | None = None, on_update: Callable[["Optimizer"], None] | None = None):
+                 llm: LLMClient | None = None, on_update: Callable[[Optimizer], None] | None = None):
         self.store, self.evaluator, self.cfg, self.run_id, self.llm = store, evaluator, cfg, run_id, llm
         self.policy: str = evaluator.cfg.policy.name  # history, dedup and prompts: this policy's verdicts only
         self.on_update = on_update or (lambda _: None)

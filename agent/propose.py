@@ -90,7 +90,7 @@ def from_llm(llm: LLMClient, ask: Ask, task_source: str, task_name: str, target:
                     else prompts.initial(task_source, target, task_name))
     calls: list[dict[str, Any]] = []
     kind = ask.kind
-    for attempt in range(2):
+    for _attempt in range(2):
         c = llm.complete(messages)
         if c.error:
             calls.append(_call_record(kind, messages, c, "api_error", c.error, ask.parent_id))

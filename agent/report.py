@@ -219,7 +219,7 @@ def render(data: ReportData) -> str:
     cost = sum(c["cost_usd"] for c in calls)
     parts = [
         f"<h1>kernelwright report: {_e(data.title)}</h1>",
-        f'<p class="note">Generated {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC. Speedups are medians '
+        f'<p class="note">Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Speedups are medians '
         "against PyTorch eager, measured on the machine named by each fingerprint; compare only within one. "
         "Peak: the median share of the machine's measured peak, memory or compute, whichever bounds it.</p>",
         f'<p id="totals"><span id="n-evaluations">{len(rows)}</span> evaluations of <span id="n-tasks">{len(board)}'

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
-from agent.parse import extract
 from agent.judge import Record, judge
+from agent.parse import extract
 from agent.reward import FAILURE, RewardConfig
 from tasks.spec import Task
 

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import dataclasses
 import functools
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar

@@ -18,7 +18,7 @@ from agent.knobs import KnobSpace
 Config = dict[str, Any]
 Score = float | None
 Search = Generator[Config, Score, None]
-_key = lambda c: tuple(sorted(c.items()))  # noqa: E731
+_key = lambda c: tuple(sorted(c.items()))
 
 
 def _better(a: Score, b: Score) -> bool:
@@ -36,7 +36,7 @@ def random_search(space: KnobSpace, start: Config, rng: random.Random) -> Search
     rest = [c for c in space.configs() if _key(c) != _key(start)]
     rng.shuffle(rest)
     yield dict(start)
-    for c in rest:  # not `yield from`: a list iterator cannot take send()
+    for c in rest:  # noqa: UP028 - not `yield from`: a list iterator cannot take send()
         yield c
 
 
@@ -143,7 +143,7 @@ STRATEGIES: dict[str, Callable[..., Search]] = {
 
 
 def search(name: str, space: KnobSpace, start: Config, rng: random.Random,
-           known: Mapping[tuple, Score] | None = None) -> "Tuner":
+           known: Mapping[tuple, Score] | None = None) -> Tuner:
     if name not in STRATEGIES:
         raise ValueError(f"unknown tuner strategy {name!r} (known: {', '.join(STRATEGIES)})")
     return Tuner(STRATEGIES[name](space, start, rng), dict(known or {}))

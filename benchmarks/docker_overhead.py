@@ -24,12 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evaluator.cascade import EvalConfig, Evaluator, TimingConfig  # noqa: E402
-from sandbox.docker import DockerConfig, DockerSandbox, client_or_raise  # noqa: E402
-from sandbox.image import latest_tag  # noqa: E402
-from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
-from tasks.spec import load_task  # noqa: E402
-from tests.data.candidates import FAST, slow  # noqa: E402
+from evaluator.cascade import EvalConfig, Evaluator, TimingConfig
+from sandbox.docker import DockerConfig, DockerSandbox, client_or_raise
+from sandbox.image import latest_tag
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.spec import load_task
+from tests.data.candidates import FAST, slow
 
 TIMING = TimingConfig(warmup=2, min_iters=5, target_s=0.05, round_ms=5.0, min_rounds=3)
 

@@ -24,12 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs  # noqa: E402
-from evaluator.cascade import EvalConfig, Evaluator  # noqa: E402
-from sandbox.cpus import partition  # noqa: E402
-from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
-from tasks.registry import suite_tasks  # noqa: E402
-from tasks.spec import load_task  # noqa: E402
+from agent import knobs
+from evaluator.cascade import EvalConfig, Evaluator
+from sandbox.cpus import partition
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.registry import suite_tasks
+from tasks.spec import load_task
 
 LOOP = r"""
     for (int64_t r = 0; r < rows; ++r) {
@@ -116,7 +116,7 @@ def fast_vs_inline(n_fast: int, n_inline: int) -> tuple[float, float]:
             ev.close()
             sb.close()
     for name, rows in (("fast path", fast), ("load_inline", inline)):
-        print(f"{name:12s} latencies (s): {', '.join(f'{t:.2f}' for t, _ in rows)}; statuses {set(s for _, s in rows)}")
+        print(f"{name:12s} latencies (s): {', '.join(f'{t:.2f}' for t, _ in rows)}; statuses { {s for _, s in rows} }")
     f, i = statistics.median(t for t, _ in fast), statistics.median(t for t, _ in inline)
     print(f"median latency: fast path {f:.2f} s, load_inline {i:.2f} s: {i / f:.1f}x lower with the fast path")
     return f, i

@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs  # noqa: E402
-from tasks.registry import suite_tasks  # noqa: E402
-from tests.agent.fake_openai import FakeOpenAI, Request, Step, ok, rate_limited, server_error  # noqa: E402
+from agent import knobs
+from tasks.registry import suite_tasks
+from tests.agent.fake_openai import FakeOpenAI, Request, Step, ok, rate_limited, server_error
 
 
 class ScriptedModel:

@@ -23,11 +23,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import batch  # noqa: E402
-from agent.optimize import OptimizeConfig  # noqa: E402
-from agent.runtime import Options  # noqa: E402
-from store import Store  # noqa: E402
-from tasks.registry import suite_tasks  # noqa: E402
+from agent import batch
+from agent.optimize import OptimizeConfig
+from agent.runtime import Options
+from store import Store
+from tasks.registry import suite_tasks
 
 
 def measure(workers: int, task_names: list[str] | None, budget: int, fast: bool) -> dict:

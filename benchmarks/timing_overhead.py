@@ -20,10 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evaluator.cascade import EvalConfig, Evaluator  # noqa: E402
-from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
-from tasks.spec import load_task  # noqa: E402
-from tests.data.candidates import FAST  # noqa: E402
+from evaluator.cascade import EvalConfig, Evaluator
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.spec import load_task
+from tests.data.candidates import FAST
 
 SCALE_TASK = '''
 import torch

@@ -32,10 +32,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs, tuner  # noqa: E402
-from evaluator.cascade import EvalConfig, Evaluator  # noqa: E402
-from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
-from tasks.registry import suite_tasks  # noqa: E402
+from agent import knobs, tuner
+from evaluator.cascade import EvalConfig, Evaluator
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.registry import suite_tasks
 
 Samples = dict[tuple, list]  # config key -> [(candidate ms, reference ms) or None per round]
 

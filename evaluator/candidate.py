@@ -5,8 +5,8 @@ physical-bound gate. Each step raises Fail, or a worker error, to stop.
 """
 from __future__ import annotations
 
-import logging
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -39,7 +39,7 @@ class Fail(Exception):
 class CandidateRun:
     """One candidate's trip through the cascade; raises _Fail (or a worker error) to stop."""
 
-    def __init__(self, ev: "Evaluator", task: Task, ref: ReferenceSession, worker: Worker,
+    def __init__(self, ev: Evaluator, task: Task, ref: ReferenceSession, worker: Worker,
                  kernel_names: set[str], deadline: float):
         self.ev, self.task, self.ref, self.w = ev, task, ref, worker
         self.kernel_names, self.deadline = kernel_names, deadline

@@ -8,9 +8,9 @@ raises.
 """
 from __future__ import annotations
 
-import logging
 import contextlib
 import dataclasses
+import logging
 import secrets
 import threading
 import time

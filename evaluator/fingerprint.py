@@ -12,7 +12,7 @@ from typing import Any
 from sandbox.compiler import compiler_version, host_cpu
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _driver() -> str | None:
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],

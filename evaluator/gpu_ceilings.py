@@ -210,7 +210,8 @@ def fingerprint_id(threads: int, timeout_s: float = 120.0) -> str:
 def build(cache_dir: Path) -> str:
     """The ceiling kernels as a shared library (raises CeilingError with the compiler's last line)."""
     from evaluator.ceilings import CeilingError
-    from sandbox.compiler import CompilerConfig, CompileSpec, build as compile_source
+    from sandbox.compiler import CompilerConfig, CompileSpec
+    from sandbox.compiler import build as compile_source
 
     result = compile_source(CompileSpec(source=SOURCE, lang="cuda"), CompilerConfig(cache_dir=Path(cache_dir) / "fastpath"))
     if not result.ok:

@@ -18,8 +18,17 @@ from typing import Any
 import torch
 
 from evaluator import inputs as inputs_mod
-from evaluator.instruments import (Checksums, CountingModule, CudaTimer, OpRecorder, Signs, aliases, checksums,
-                                   guarded, native_threads)
+from evaluator.instruments import (
+    Checksums,
+    CountingModule,
+    CudaTimer,
+    OpRecorder,
+    Signs,
+    aliases,
+    checksums,
+    guarded,
+    native_threads,
+)
 from sandbox import cpus, extension, fastpath
 from sandbox import seccomp as sandbox_seccomp
 from sandbox.compiler import CompileSpec
@@ -93,7 +102,7 @@ class Probe:
             self._patch_cpp_extension()
             self._count_triton_launches()
             module = import_file(Path("candidate.py").resolve(), "kw_candidate")
-            self.cls = getattr(module, "ModelNew")
+            self.cls = module.ModelNew
             # sandbox/seccomp.py, once the candidate's builds and imports are done (CPU only: the
             # CUDA driver maps executable memory and forks helpers at any time)
             seccomp = sandbox_seccomp.lock_down() if self.device.type == "cpu" else "not applied: cuda"

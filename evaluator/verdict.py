@@ -63,7 +63,7 @@ class Timing:
 
     @staticmethod
     def from_samples(samples_ms: list[float], wall_ms: float, early_exit: bool = False,
-                     overhead_ms: float = 0.0, warmup_ms: list[float] = (), **rest: Any) -> "Timing":
+                     overhead_ms: float = 0.0, warmup_ms: list[float] = (), **rest: Any) -> Timing:
         s = sorted(samples_ms)
         n = len(s)
 
@@ -79,7 +79,7 @@ class Timing:
                       tuple(warmup_ms), **rest)
 
     @staticmethod
-    def pooled(windows: list["Timing"]) -> "Timing":
+    def pooled(windows: list[Timing]) -> Timing:
         """Several timing windows of one side as one: the median of the windows' medians (a
         window the machine slowed down moves it least), the samples and spread of all of them."""
         if len(windows) == 1:

@@ -29,7 +29,7 @@ def _logical(text: str) -> str:
 
 def _name_problem(name: str) -> str | None:
     path = name[1:-1].strip()
-    if path.startswith("/") or path.startswith("~") or ".." in path.replace("\\", "/").split("/"):
+    if path.startswith(("/", "~")) or ".." in path.replace("\\", "/").split("/"):
         return f"include of {name} (only names inside the include path)"
     return None
 

@@ -71,7 +71,7 @@ class CompilerConfig:
     default_arch: str = "sm_90"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compiler_version(lang: str) -> str:
     exe = "nvcc" if lang == "cuda" else "g++"
     try:
@@ -85,7 +85,7 @@ def compiler_version(lang: str) -> str:
     return f"{lines[0] if lines else 'g++: unknown'} on {host_cpu()}"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def host_cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -23,7 +23,7 @@ from typing import Any, Iterable
 from sandbox.compiler import place_compilers
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def usable() -> tuple[int, ...]:
     """The cores this process may use, as first seen: later, during a timing phase, the calling
     thread is itself confined to the other cores."""

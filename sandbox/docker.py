@@ -36,8 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from sandbox import env as envmod
-from sandbox import extension
-from sandbox import protocol
+from sandbox import extension, protocol
 from sandbox.compiler import BuildResult, CompileSpec, build
 from sandbox.process import SandboxConfig, Worker
 
@@ -81,7 +80,7 @@ def _exit_to_wait_status(code: int) -> int:
 class ContainerProcess:
     """The container behind a Worker's socket: what sandbox.process.Worker asks of a process."""
 
-    def __init__(self, sandbox: "DockerSandbox", container: Any, hostdir: Path):
+    def __init__(self, sandbox: DockerSandbox, container: Any, hostdir: Path):
         self.sandbox, self.container, self.hostdir = sandbox, container, hostdir
         self._wait_status: int | None = None
 
@@ -256,7 +255,7 @@ class DockerSandbox:
                     conn, _ = started.listener.accept()
                     conn.settimeout(None)
                     return conn
-                except socket.timeout:
+                except TimeoutError:
                     pass
                 started.container.reload()
                 if started.container.status not in ("created", "running") or time.monotonic() > deadline:
@@ -382,7 +381,7 @@ class DockerSandbox:
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree(self.sock_root, ignore_errors=True)
 
-    def __enter__(self) -> "DockerSandbox":
+    def __enter__(self) -> DockerSandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -95,7 +95,7 @@ class ExtensionSpec:
         return meta  # as JSON gives it back
 
     @classmethod
-    def from_meta(cls, meta: Mapping[str, Any]) -> "ExtensionSpec":
+    def from_meta(cls, meta: Mapping[str, Any]) -> ExtensionSpec:
         """From a worker's request (untrusted): strict types, or ValueError / TypeError / KeyError."""
         def strs(field: str) -> tuple[str, ...]:
             value = meta.get(field) or []
@@ -182,7 +182,7 @@ def load(name: str, path: str, python_module: bool = True) -> Any:
 
 # --- supervisor side: the recipe ----------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def toolchain(cuda: bool) -> tuple[str, ...]:
     """What a build depends on besides its spec: compilers, torch, the interpreter's ABI."""
     import torch
@@ -200,7 +200,7 @@ def _cxx11_abi() -> int:
     return int(bool(torch._C._GLIBCXX_USE_CXX11_ABI))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_home() -> Path | None:
     for env in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(env) and Path(os.environ[env], "include", "cuda_runtime.h").is_file():
@@ -211,7 +211,7 @@ def _cuda_home() -> Path | None:
     return next((c for c in candidates if (c / "include" / "cuda_runtime.h").is_file()), None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cudart(torch_lib: str) -> str | None:
     """The CUDA runtime library torch itself loads (its wheel may ship one of its own), so that an
     extension binds the same runtime torch does: its path, from ldd on libtorch_cuda."""

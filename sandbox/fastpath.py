@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from sandbox.compiler import BuildResult, CompileSpec, CompilerConfig, build
+from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
 
 
 class CompileError(RuntimeError):
@@ -51,7 +51,7 @@ def _local_builder(spec: CompileSpec) -> BuildResult:
 
 
 def compile(source: str, *, lang: str | None = None, flags: Sequence[str] = (),
-            defines: Mapping[str, Any] | None = None, arch: str | None = None) -> "Library":
+            defines: Mapping[str, Any] | None = None, arch: str | None = None) -> Library:
     if lang is None:
         lang = "cuda" if "__global__" in source else "cpp"
     spec = CompileSpec(source=source, lang=lang, flags=tuple(flags),
@@ -120,7 +120,7 @@ def prototypes(source: str) -> dict[str, Prototype]:
         rest = src[m.end():]
         if rest.startswith("{"):
             depth, i = 0, 0
-            for i, ch in enumerate(rest):
+            for i, ch in enumerate(rest):  # noqa: B007 - i: where the block ends, read below
                 depth += ch == "{"
                 depth -= ch == "}"
                 if depth == 0:

@@ -195,7 +195,7 @@ def _ldd(paths: list[str]) -> set[str]:
 
 def _fastpath_libraries() -> list[str]:
     """A tiny fast-path build, to learn what such libraries link (libstdc++, libgomp...)."""
-    from sandbox.compiler import CompileSpec, CompilerConfig, build
+    from sandbox.compiler import CompilerConfig, CompileSpec, build
 
     with tempfile.TemporaryDirectory() as d:
         res = build(CompileSpec('#include <vector>\nextern "C" int f(int n) { std::vector<int> v(n);\n'

@@ -43,7 +43,7 @@ class Cgroup:
         self.dirs = dirs
 
     @staticmethod
-    def create(name: str, memory_bytes: int | None, max_pids: int) -> "Cgroup | None":
+    def create(name: str, memory_bytes: int | None, max_pids: int) -> Cgroup | None:
         dirs: list[Path] = []
         try:
             if (ROOT / "cgroup.controllers").exists():  # unified hierarchy (v2)

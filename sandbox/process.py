@@ -6,9 +6,9 @@ from its pid-1 parent, the clock is the supervisor's, builds are done by the sup
 """
 from __future__ import annotations
 
-import logging
 import dataclasses
 import json
+import logging
 import os
 import select
 import shutil
@@ -23,12 +23,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sandbox import binscreen, buildscreen
-from sandbox import extension
-from sandbox import env as envmod
-from sandbox import protocol, stamped
-from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
+from sandbox import binscreen, buildscreen, extension, protocol, stamped
 from sandbox import cpus as placement
+from sandbox import env as envmod
+from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
 from sandbox.limits import Cgroup, total_memory
 
 _log = logging.getLogger(__name__)
@@ -51,7 +49,7 @@ class SandboxConfig:
     timing_cpus: tuple[int, ...] = ()  # sandbox/cpus.py: cores kept for timing phases; () none
 
     @classmethod
-    def partitioned(cls, cache_dir: Path, device: str = "cpu", spec: str = "auto", **kw: Any) -> "SandboxConfig":
+    def partitioned(cls, cache_dir: Path, device: str = "cpu", spec: str = "auto", **kw: Any) -> SandboxConfig:
         """The CLI's default: timing cores apart (sandbox/cpus.py), one thread per timing core."""
         timing = placement.partition(spec, device)
         return cls(cache_dir=cache_dir, device=device, timing_cpus=timing,
@@ -366,7 +364,7 @@ class ProcessSandbox:
         ours.settimeout(120)
         try:
             hello = ours.recv(4096)
-        except socket.timeout:
+        except TimeoutError:
             hello = b""
         if not hello:
             err = (self.run_dir / "forkserver.log").read_text(errors="replace")
@@ -464,7 +462,7 @@ class ProcessSandbox:
             self._zygote = None
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
-    def __enter__(self) -> "ProcessSandbox":
+    def __enter__(self) -> ProcessSandbox:
         return self
 
     def __exit__(self, *exc: object) -> None:

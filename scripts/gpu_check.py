@@ -24,12 +24,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs  # noqa: E402
-from evaluator import gpu_ceilings  # noqa: E402
-from evaluator.cascade import EvalConfig, Evaluator, TimingConfig  # noqa: E402
-from evaluator.ceilings import CeilingError  # noqa: E402
-from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
-from tasks.registry import suite_tasks  # noqa: E402
+from agent import knobs
+from evaluator import gpu_ceilings
+from evaluator.cascade import EvalConfig, Evaluator, TimingConfig
+from evaluator.ceilings import CeilingError
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.registry import suite_tasks
 
 TIMING = TimingConfig(warmup=3, min_iters=10, target_s=0.2)
 

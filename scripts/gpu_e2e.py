@@ -21,13 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.e2e import E2EConfig, load_package, run  # noqa: E402
-from agent.e2e_model import TransformerConfig  # noqa: E402
-from agent.export import ExportConfig, ExportError, export  # noqa: E402
-from evaluator.cascade import EvalConfig, Evaluator, TimingConfig  # noqa: E402
-from sandbox.process import ProcessSandbox, SandboxConfig  # noqa: E402
-from store import Store  # noqa: E402
-from tasks.registry import suite_tasks  # noqa: E402
+from agent.e2e import E2EConfig, load_package, run
+from agent.e2e_model import TransformerConfig
+from agent.export import ExportConfig, ExportError, export
+from evaluator.cascade import EvalConfig, Evaluator, TimingConfig
+from sandbox.process import ProcessSandbox, SandboxConfig
+from store import Store
+from tasks.registry import suite_tasks
 
 TASKS = ("attention_prefill_d64", "attention_prefill_d128")
 MODEL = TransformerConfig(vocab=8192, d_model=1024, heads=16, layers=4, d_ff=4096, seq=1024, batch=4, norm="rmsnorm",

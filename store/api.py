@@ -20,8 +20,21 @@ from store import ranking
 from store.db import open_engine
 from store.errors import StoreError, one_line
 from store.models import ORIGINS, RUN_STATUSES, Candidate, Claim, Evaluation, LLMCall, Run, Task, utcnow
-from store.rows import (CANDIDATE_ID_LEN, candidate_dict, claim_dict, candidate_id, encode, evaluation_dict, evaluation_row,
-                        iso, llm_call_dict, llm_call_row, run_dict, sha256_hex, task_dict)
+from store.rows import (
+    CANDIDATE_ID_LEN,
+    candidate_dict,
+    candidate_id,
+    claim_dict,
+    encode,
+    evaluation_dict,
+    evaluation_row,
+    iso,
+    llm_call_dict,
+    llm_call_row,
+    run_dict,
+    sha256_hex,
+    task_dict,
+)
 from store.sqlite import for_writes
 
 MIN_PREFIX = 4
@@ -41,13 +54,13 @@ class Store:
         self._writer = for_writes(engine)
 
     @classmethod
-    def open(cls, url_or_path: str | None, default_path: Path) -> "Store":
+    def open(cls, url_or_path: str | None, default_path: Path) -> Store:
         return cls(open_engine(url_or_path, default_path))
 
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -17,7 +17,7 @@ ORIGINS = ("user", "seed", "llm", "tuner", "import")
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _text(nullable: bool = False):

@@ -44,7 +44,7 @@ def decode(text: str | None) -> Any:
 
 def iso(t: dt.datetime | None) -> str | None:
     # Always aware here: sqlmodel's UTCDateTime refuses naive values and returns aware ones.
-    return None if t is None else t.astimezone(dt.timezone.utc).isoformat()
+    return None if t is None else t.astimezone(dt.UTC).isoformat()
 
 
 def _number(field: str, value: Any) -> float | None:

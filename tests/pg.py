@@ -55,5 +55,5 @@ def _drop(admin: Engine, name: str) -> None:
             return
         except DBAPIError as e:
             if attempt == 9:
-                warnings.warn(f"test database {name} not dropped: {str(e.orig).splitlines()[0]}")
+                warnings.warn(f"test database {name} not dropped: {str(e.orig).splitlines()[0]}", stacklevel=2)
             time.sleep(0.5)

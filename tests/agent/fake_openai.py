@@ -108,7 +108,7 @@ class FakeOpenAI:
         with self._lock:
             self._script.extend(steps)
 
-    def start(self) -> "FakeOpenAI":
+    def start(self) -> FakeOpenAI:
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = False  # server_close joins every handler thread
@@ -127,7 +127,7 @@ class FakeOpenAI:
         self._thread.join(timeout=5)
         self._server = None
 
-    def __enter__(self) -> "FakeOpenAI":
+    def __enter__(self) -> FakeOpenAI:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -30,7 +30,7 @@ def fenced(code: str) -> str:
     return f"Plan: one pass per row.\n\n```python\n{code}```\n"
 
 
-def script(request) -> object:  # noqa: ANN001 - a fake_openai Request
+def script(request) -> object:
     """Answers by how many requests came before, so every run gets the same store."""
     n = script.calls = getattr(script, "calls", 0) + 1
     answers = {1: fenced(WRONG), 2: fenced(slow(prelude="# slow but right\n")), 3: "No code today, sorry.",

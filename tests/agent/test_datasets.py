@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent import cli_review  # noqa: F401 - registers the commands on the app
-from agent import prompts
+from agent import (
+    cli_review,  # noqa: F401 - registers the commands on the app
+    prompts,
+)
 from agent.app import app
 from agent.datasets import DatasetConfig, dpo, fenced, grpo, sft
 from agent.parse import extract

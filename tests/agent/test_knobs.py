@@ -44,7 +44,7 @@ def test_constraints_filter_configs():
     space = knobs.read_space(SRC)
     configs = list(space.configs())
     # brute force with plain python to cross-check the restricted evaluator
-    want = [dict(BLOCK=b, UNROLL=u, NAME=n) for b in (16, 32, 64, 128) for u in (1, 2, 4)
+    want = [{"BLOCK": b, "UNROLL": u, "NAME": n} for b in (16, 32, 64, 128) for u in (1, 2, 4)
             for n in ("fast", "safe") if b * u <= 128 and not (n == "safe" and u > 1)]
     assert sorted(map(repr, configs)) == sorted(map(repr, want))
     assert space.size == len(want) < 4 * 3 * 2

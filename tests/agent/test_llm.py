@@ -8,19 +8,36 @@ import time
 
 import pytest
 
-from agent.llm import (DEFAULT_PRICES, LLMClient, LLMConfig, backoff_s, cost_usd, describe_endpoint, price_of,
-                       retry_after_s)
-from tests.agent.fake_openai import (FakeOpenAI, Request, empty_body, error, malformed, ok, rate_limited,
-                                     server_error, slow)
+from agent.llm import (
+    DEFAULT_PRICES,
+    LLMClient,
+    LLMConfig,
+    backoff_s,
+    cost_usd,
+    describe_endpoint,
+    price_of,
+    retry_after_s,
+)
+from tests.agent.fake_openai import (
+    FakeOpenAI,
+    Request,
+    empty_body,
+    error,
+    malformed,
+    ok,
+    rate_limited,
+    server_error,
+    slow,
+)
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "write a kernel"}]
 
 
 def config(server: FakeOpenAI, **overrides) -> LLMConfig:
     """Short timeouts and tiny backoff so retries cost milliseconds."""
-    base = dict(model="fake-model", base_url=server.url, api_key="test-key", timeout_s=2.0, max_attempts=4,
-                backoff_base_s=0.01, backoff_max_s=0.05, retry_after_max_s=5.0,
-                prices={"fake-model": (1.0, 2.0)})
+    base = {"model": "fake-model", "base_url": server.url, "api_key": "test-key", "timeout_s": 2.0, "max_attempts": 4,
+                "backoff_base_s": 0.01, "backoff_max_s": 0.05, "retry_after_max_s": 5.0,
+                "prices": {"fake-model": (1.0, 2.0)}}
     return LLMConfig(**{**base, **overrides})
 
 

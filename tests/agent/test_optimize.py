@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from rich.console import Console
 
 from agent.display import peak_short, summary_table
@@ -21,7 +20,8 @@ from agent.optimize import OptimizeConfig, Optimizer
 from store import Store
 from tasks.spec import load_task
 from tests.agent.fake_openai import Step, ok, rate_limited, server_error, slow
-from tests.data.candidates import FAST, scale, slow as slow_softmax
+from tests.data.candidates import FAST, scale
+from tests.data.candidates import slow as slow_softmax
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 

@@ -34,7 +34,7 @@ def run(name: str, budget: int, seed: int = 0) -> tuner.Tuner:
 
 @pytest.mark.parametrize("name", list(tuner.STRATEGIES))
 def test_every_strategy_is_valid_never_repeats_and_covers_the_space(name):
-    valid = [c for c in SPACE.configs()]
+    valid = list(SPACE.configs())
     t = run(name, budget=10 * len(valid))
     measured = [tuner.key(c) for c, _ in t.history]
     assert len(measured) == len(set(measured))  # never twice

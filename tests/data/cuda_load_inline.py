@@ -1,5 +1,4 @@
 """A KernelBench-style CUDA candidate (load_inline); compiled here with nvcc, run only on GPUs."""
-import torch
 import torch.nn as nn
 from torch.utils.cpp_extension import load_inline
 

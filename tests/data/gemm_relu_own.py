@@ -1,6 +1,7 @@
 """GEMM and ReLU both in the candidate's own C++: ok under every policy."""
 import torch
 import torch.nn as nn
+
 from sandbox import fastpath
 
 SRC = r"""

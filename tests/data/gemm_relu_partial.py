@@ -2,6 +2,7 @@
 the kernelbench policy, rejected under strict)."""
 import torch
 import torch.nn as nn
+
 from sandbox import fastpath
 
 SRC = r"""

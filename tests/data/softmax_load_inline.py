@@ -1,5 +1,4 @@
 """A KernelBench-style candidate: C++ built with torch.utils.cpp_extension.load_inline."""
-import torch
 import torch.nn as nn
 from torch.utils.cpp_extension import load_inline
 

@@ -24,7 +24,7 @@ def test_a_slowed_worker_clock_does_not_move_the_figure(loose_evaluator, small_t
     if forged.status.value == "rejected":
         assert "timing_mismatch" in forged.reason
         return
-    ratio = lambda v: v.candidate.median_ms / v.candidate.claimed_median_ms  # noqa: E731
+    ratio = lambda v: v.candidate.median_ms / v.candidate.claimed_median_ms
     assert 0.75 < ratio(honest) < 1.3, (honest.candidate.median_ms, honest.candidate.claimed_median_ms)
     # the claims shrink 1.3x, the figure stays: its ratio to the claims grows by about 1.3x
     assert ratio(forged) > 1.12 * ratio(honest), (forged.candidate, honest.candidate)

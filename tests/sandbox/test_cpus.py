@@ -36,7 +36,7 @@ def test_with_timing_apart_checks_do_not_wait_for_a_timing_phase():
     for apart, expect_blocked in ((True, False), (False, True)):
         lock, entered = DeviceLock(timing_apart=apart), threading.Event()
 
-        def check() -> None:
+        def check(lock: DeviceLock = lock, entered: threading.Event = entered) -> None:
             with lock.shared():
                 entered.set()
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sandbox import fastpath
-from sandbox.compiler import CompileSpec, CompilerConfig, build
+from sandbox.compiler import CompilerConfig, CompileSpec, build
 
 SRC = r'''
 #include <cstdint>

@@ -11,7 +11,6 @@ from sqlmodel import Session
 from store import Store, open_engine
 from store.migrations import MIGRATIONS, applied
 from store.models import Candidate, Evaluation, Task
-
 from tests.store.verdicts import verdict
 
 WORKERS = 4

@@ -10,7 +10,6 @@ from sqlmodel import Session
 
 from store import Store, StoreError, open_engine
 from store.models import Candidate, Evaluation
-
 from tests.store.verdicts import verdict
 
 

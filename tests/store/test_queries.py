@@ -8,7 +8,6 @@ import pytest
 
 from store import Store, StoreError
 from store.rows import candidate_id
-
 from tests.store.verdicts import verdict
 
 

@@ -11,7 +11,6 @@ from sqlmodel import Session
 import store.api as store_api
 from store import Store, StoreError
 from store.models import Candidate, Evaluation
-
 from tests.store.verdicts import verdict
 
 SOURCE = "class ModelNew:\n    pass\n"

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from store import Store
-
 from tests.store.verdicts import verdict
 
 

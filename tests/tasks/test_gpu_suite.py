@@ -28,7 +28,7 @@ import torch
 
 from evaluator import static
 from sandbox import fastpath
-from sandbox.compiler import CompileSpec, CompilerConfig, build
+from sandbox.compiler import CompilerConfig, CompileSpec, build
 from tasks.spec import apply_variant, load_task
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -79,10 +79,10 @@ def attn_decode_combine_kernel(part_o_ptr, part_m_ptr, part_l_ptr, o_ptr, stride
     used = offs_s < num_splits
     slots = bh * num_splits + offs_s
     m = tl.load(part_m_ptr + slots, mask=used, other=float("-inf"))
-    l = tl.load(part_l_ptr + slots, mask=used, other=0.0)
+    lse = tl.load(part_l_ptr + slots, mask=used, other=0.0)
     parts = tl.load(part_o_ptr + slots[:, None] * HEAD_DIM + offs_d[None, :], mask=used[:, None], other=0.0)
     w = tl.math.exp2(m - tl.max(m, axis=0))  # unused splits: exp2(-inf) = 0
-    out = tl.sum(w[:, None] * parts, axis=0) / tl.sum(w * l, axis=0)
+    out = tl.sum(w[:, None] * parts, axis=0) / tl.sum(w * lse, axis=0)
     tl.store(o_ptr + b * stride_ob + h * stride_oh + offs_d, out.to(o_ptr.dtype.element_ty))
 
 

@@ -50,7 +50,7 @@ def skinny_gemm_kernel(a_ptr, b_ptr, c_ptr, ws_ptr, M, N, K,
     m_ok = rm[:, None] < M
     n_ok = rn[None, :] < N
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kb in range(0, kb_per_split):
+    for kb in range(kb_per_split):
         k_left = K - k0 - kb * BLOCK_K  # <= 0 past the end of K: every load is masked off
         a = tl.load(a_ptrs, mask=m_ok & (rk[None, :] < k_left), other=0.0)
         b = tl.load(b_ptrs, mask=(rk[:, None] < k_left) & n_ok, other=0.0)
