@@ -26,7 +26,7 @@ from agent.app import (
     err_console,
 )
 from agent.runspec import resume_hint, shown_url
-from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
+from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options, run_guard
 
 _CONFIG = ("format", "path", "policy", "kernelbench", "scale", "device", "sandbox", "image", "timeout_s")
 
@@ -81,20 +81,13 @@ def import_cmd(
     todo = [it for it in items if it[0].key not in done]
     now = todo[:limit] if limit else todo
     source = f"{config['format']}:{Path(config['path']).name}"
-    try:
+    with run_guard(store, run_id, "import", db):
         if now:
             with evaluator(opts, policy=rules) as ev:
                 for n, (item, task) in enumerate(now, 1):
                     _judge_one(store, ev, run_id, item, task, source)
                     if not as_json:
                         err_console.print(f"[{n}/{len(now)}] {item.key}: {task.name}")
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted")
-        err_console.print(f"Interrupted. Resume with: {resume_hint('import', run_id, db)}")
-        raise typer.Exit(130) from None
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
     left = len(todo) - len(now)
     store.finish_run(run_id, "interrupted" if left else "finished")
     result = audit_mod.audit(store, run_id)

@@ -34,8 +34,7 @@ from agent.app import (
     err_console,
     suite_fields,
 )
-from agent.runspec import resume_hint
-from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
+from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options, run_guard
 
 
 def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concurrency: int) -> Any:
@@ -124,7 +123,7 @@ def optimize_cmd(
         llm = LLMClient(llm_cfg)
     from agent.display import LiveProgress, summary_table
 
-    try:
+    with run_guard(store, run_id, "optimize", db):
         with evaluator(opts, policy=spec.eval_policy()) as ev:
             live = None if as_json else LiveProgress(err_console)
             opt = Optimizer(store, ev, tasks, cfg, run_id, llm=llm, on_update=live.update if live else None)
@@ -133,13 +132,6 @@ def optimize_cmd(
                     summary = opt.run()
             else:
                 summary = opt.run()
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted")
-        err_console.print(f"Interrupted. Resume with: {resume_hint('optimize', run_id, db)}")
-        raise typer.Exit(130) from None
-    except BaseException:
-        store.finish_run(run_id, "failed")
-        raise
     store.finish_run(run_id, "finished")
     if as_json:
         typer.echo(json.dumps(summary))

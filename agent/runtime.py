@@ -186,6 +186,23 @@ def evaluator(opts: Options, **eval_kw: Any) -> Iterator[Any]:
             ev.close()
 
 
+@contextlib.contextmanager
+def run_guard(store: Any, run_id: int, command: str, db: str | None) -> Iterator[None]:
+    """A stored run's ending: Ctrl-C marks it interrupted and says how to resume (exit 130); any
+    other escape marks it failed and goes on up. A normal exit leaves the status to the caller."""
+    from agent.runspec import resume_hint
+
+    try:
+        yield
+    except KeyboardInterrupt:
+        store.finish_run(run_id, "interrupted")
+        typer.echo(f"Interrupted. Resume with: {resume_hint(command, run_id, db)}", err=True)
+        raise typer.Exit(130) from None
+    except BaseException:
+        store.finish_run(run_id, "failed")
+        raise
+
+
 def open_store(db: str) -> Any:
     from store.api import Store
     from store.db import open_engine

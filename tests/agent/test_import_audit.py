@@ -3,7 +3,9 @@ cheating, missing) re-judged for real, claimed beside measured, resumable; the p
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,30 @@ def test_parsers(tmp_path):
     assert [(i.key, i.task_name, i.task_path) for i in got.items] == [
         ("level_1_problem_19_sample_0_kernel", "kb_l1_19_relu", "/x/19_ReLU.py")]
     assert got.skipped == ("level_1_problem_99_sample_0_kernel.py: no level 1 problem 99 in the checkout",)
+
+
+def test_ctrl_c_stops_an_import_and_resume_finishes_it(tmp_path, cache_dir):
+    db = tmp_path / "kw.db"
+    src = release(tmp_path / "r.jsonl")
+    proc = _kw(["import", "cuda-l1", str(src), "--scale", "0.25", "--db", str(db)], tmp_path, cache_dir)
+    deadline = time.monotonic() + 240
+    while _claims(db) < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Resume with: kernelwright import --resume 1" in err
+    with sqlite3.connect(db) as c:
+        assert c.execute("select status from runs").fetchone()[0] == "interrupted"
+    done = _run(["import", "--resume", "1", "--db", str(db), "--json"], tmp_path, cache_dir)
+    assert len(done["rows"]) == 3 and done["left"] == 0
+    with sqlite3.connect(db) as c:
+        assert c.execute("select count(*) from evaluations").fetchone()[0] <= 4  # at most the interrupted one again
+
+
+def _claims(db: Path) -> int:
+    try:
+        with sqlite3.connect(db) as c:
+            return c.execute("select count(*) from claims").fetchone()[0]
+    except sqlite3.Error:
+        return 0
