@@ -50,13 +50,13 @@ def source_problem(*sources: str) -> str | None:
                 return why
         for m in _HAS_INCLUDE.finditer(text):
             arg = m.group(1).strip()
-            lit = _LITERAL.match(arg)
-            why = _name_problem(lit.group(1)) if lit else f"__has_include({arg[:60]}): only a literal name"
+            probe = _LITERAL.match(arg)
+            why = _name_problem(probe.group(1)) if probe else f"__has_include({arg[:60]}): only a literal name"
             if why:
                 return why
-        m = _ASM_FILE.search(text)
-        if m:
-            return f"assembler .{m.group(1).lower()} is not allowed (it reads a file of the build machine)"
+        asm = _ASM_FILE.search(text)
+        if asm:
+            return f"assembler .{asm.group(1).lower()} is not allowed (it reads a file of the build machine)"
     return None
 
 

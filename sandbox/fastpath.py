@@ -75,7 +75,7 @@ _POINTEE_DTYPES = {
     "__nv_bfloat16": ("bfloat16",), "nv_bfloat16": ("bfloat16",), "uint16_t": ("float16", "bfloat16", "int16"),
     "void": None,  # any dtype
 }
-_SCALARS = {
+_SCALARS: dict[str, Any] = {
     "int": ctypes.c_int, "int32_t": ctypes.c_int32, "unsigned": ctypes.c_uint, "unsigned int": ctypes.c_uint,
     "uint32_t": ctypes.c_uint32, "long": ctypes.c_long, "long long": ctypes.c_longlong,
     "int64_t": ctypes.c_int64, "uint64_t": ctypes.c_uint64, "size_t": ctypes.c_size_t,

@@ -225,7 +225,7 @@ def plan(spec: ImageSpec = ImageSpec()) -> Plan:
             rel = str(f)
             if PACKAGE_SKIP.search(rel) or rel.startswith(".."):
                 continue
-            path = Path(dist.locate_file(f))
+            path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 p.add(path)
     for tool in spec.tools:

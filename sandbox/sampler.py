@@ -18,13 +18,14 @@ import bisect
 import ctypes
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import platform
 import re
 import struct
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def _perf_open(period_ns: int, flags: int, pid: int, cpu: int, open_flags: int =
     if fd < 0:
         raise OSError(e, f"perf_event_open(pid={pid}, cpu={cpu}): {os.strerror(e)}")
     return fd
+
+
+def _words(path: Path) -> list[str]:
+    return path.read_text().split()
 
 
 def _cpus(cgroup_dir: Path | None) -> list[int]:
@@ -137,6 +142,7 @@ class Sampler:
         self.fallback_reason: str | None = None
         try:
             if mode == "cgroup":
+                assert cgroup_dir is not None  # mode cgroup comes with its directory
                 cg = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
                     for cpu in _cpus(cgroup_dir):
@@ -188,12 +194,12 @@ class Sampler:
         # The kernel will not mmap an inherited event with cpu=-1 (EINVAL): so an inherited event per
         # (thread, CPU), a CPU's events all writing into one ring, as `perf record` does. All CPUs:
         # the candidate may change its own affinity.
-        listings = [lambda: os.listdir(f"/proc/{self.pid}/task")]  # and any process left in its cgroup:
-        listings += [lambda n=n: (cgroup_dir / n).read_text().split() for n in ("cgroup.threads", "tasks")
-                     if cgroup_dir is not None]
+        listings: list[Callable[[], list[str]]] = [lambda: os.listdir(f"/proc/{self.pid}/task")]
+        if cgroup_dir is not None:  # and any process left in its cgroup
+            listings += [functools.partial(_words, cgroup_dir / n) for n in ("cgroup.threads", "tasks")]
         done: set[int] = set()
         for _ in range(20):  # a thread may start a thread before we reach it: list until stable
-            tids = set()
+            tids: set[int] = set()
             for listing in listings:
                 try:
                     tids.update(map(int, listing()))

@@ -90,7 +90,7 @@ def program(machine: str | None = None) -> list[tuple[int, int, int, int]]:
     if machine not in ARCHES:
         raise ValueError(f"unsupported architecture {machine}")
     col, audit = ARCHES[machine]
-    nr = {name: n[col] for name, n in NUMBERS.items() if n[col] is not None}
+    nr: dict[str, int] = {name: n for name, ns in NUMBERS.items() if (n := ns[col]) is not None}
     deny, nosys = _RET_ERRNO | EPERM, _RET_ERRNO | ENOSYS
     prog = [(_LD_ABS, 0, 0, 4), (_JEQ, 1, 0, audit), (_RET, 0, 0, RET_KILL_PROCESS), (_LD_ABS, 0, 0, 0)]
     if col == 0:

@@ -39,7 +39,7 @@ from store.sqlite import for_writes
 
 MIN_PREFIX = 4
 # what store/ranking.py reads of an evaluation (not its bulky trials, timings and log)
-_RANKED = (col(Evaluation.id).label("id"), col(Evaluation.candidate_id).label("candidate_id"),
+_RANKED: tuple[Any, ...] = (col(Evaluation.id).label("id"), col(Evaluation.candidate_id).label("candidate_id"),
            col(Evaluation.status).label("status"), col(Evaluation.correct).label("correct"),
            col(Evaluation.speedup).label("speedup"), col(Evaluation.candidate_ms).label("candidate_ms"),
            col(Evaluation.reference_ms).label("reference_ms"), col(Evaluation.peak_fraction).label("peak_fraction"),
@@ -84,6 +84,7 @@ class Store:
             else:
                 task.name, task.suite, task.path = name, suite, str(path)
             s.flush()
+            assert task.id is not None  # set by the flush
             return task.id
 
     def start_run(self, command: str, config: Mapping[str, Any], device: str) -> int:
@@ -91,6 +92,7 @@ class Store:
         with self._write() as s:
             s.add(run)
             s.flush()
+            assert run.id is not None  # set by the flush
             return run.id
 
     def finish_run(self, run_id: int, status: str) -> None:
@@ -144,6 +146,7 @@ class Store:
             if llm_call is not None:
                 s.add(llm_call_row({**llm_call, "candidate_id": cid, "task_id": task_id}, run_id))
             s.flush()
+            assert evaluation.id is not None  # set by the flush
             return cid, evaluation.id
 
     def record_claim(self, candidate_id: str, source: str, claimed: Mapping[str, Any],
@@ -168,6 +171,7 @@ class Store:
                                                    claimed_correct=correct, details=details), find)
             s.flush()
             assert row.id is not None
+            assert row.id is not None  # set by the flush
             return row.id
 
     def claims(self, run_id: int | None = None) -> list[dict[str, Any]]:
@@ -185,6 +189,7 @@ class Store:
             row = llm_call_row(call, run_id)
             s.add(row)
             s.flush()
+            assert row.id is not None  # set by the flush
             return row.id
 
     def reopen_run(self, run_id: int) -> dict[str, Any]:
@@ -223,7 +228,7 @@ class Store:
         Only evaluations under `policy` count (rows from before policies existed are strict's):
         a kernel that may call PyTorch never competes with one that may not.
         """
-        query = (select(*_RANKED, col(Task.id).label("task_id"), col(Task.name).label("task"),
+        query = (select(*_RANKED, col(Task.id).label("task_id"),  # type: ignore[call-overload]  # (sqlmodel's stubs: 4 columns) col(Task.name).label("task"),
                         col(Task.suite).label("suite"), col(Candidate.origin).label("origin"),
                         col(Evaluation.device).label("device"), col(Evaluation.fingerprint_id).label("fingerprint_id"),
                         col(Evaluation.created_at).label("created_at"))
@@ -246,13 +251,14 @@ class Store:
             per_task.setdefault(st.first.task_id, []).append(st)
         out = []
         for ranked in per_task.values():
-            st = ranking.leader(ranked)
-            e = st.first  # the evaluation that found it (its strategy, machine and date)
-            out.append({"task": e.task, "task_id": e.task_id, "suite": e.suite, "speedup": st.speedup,
-                        "measurements": st.measurements, "candidate_id": st.candidate_id, "evaluation_id": e.id,
+            lead = ranking.leader(ranked)
+            assert lead is not None  # ranked is never empty
+            e = lead.first  # the evaluation that found it (its strategy, machine and date)
+            out.append({"task": e.task, "task_id": e.task_id, "suite": e.suite, "speedup": lead.speedup,
+                        "measurements": lead.measurements, "candidate_id": lead.candidate_id, "evaluation_id": e.id,
                         "fingerprint_id": e.fingerprint_id, "device": e.device, "origin": e.origin,
-                        "candidate_ms": st.candidate_ms, "reference_ms": st.reference_ms,
-                        "peak_fraction": st.peak_fraction, "bound": st.bound, "policy": policy,
+                        "candidate_ms": lead.candidate_ms, "reference_ms": lead.reference_ms,
+                        "peak_fraction": lead.peak_fraction, "bound": lead.bound, "policy": policy,
                         "created_at": iso(e.created_at)})
         return sorted(out, key=lambda r: (r["task"], r["task_id"]))
 
@@ -287,7 +293,7 @@ class Store:
         """Per task id: evaluations in this run (evaluated; by status: counts), the candidates they
         measured, and its leading candidate by the median of its measurements in this run
         (best_speedup, best_candidate_id, best_measurements)."""
-        query = (select(*_RANKED, col(Candidate.task_id).label("task_id"))
+        query = (select(*_RANKED, col(Candidate.task_id).label("task_id"))  # type: ignore[call-overload]
                  .join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
                  .where(Evaluation.run_id == run_id).order_by(col(Evaluation.id)))
         if task_id is not None:
@@ -365,7 +371,7 @@ class Store:
     def evaluation_rows(self, run_id: int | None = None) -> list[dict[str, Any]]:
         """Every evaluation (of one run, if given), oldest first, flattened with its candidate and
         task: what reports count and plot. The bulky columns (trials, timings, log) stay out."""
-        query = (select(Evaluation, Candidate.origin, Candidate.parent_id, Task.id, Task.name)
+        query = (select(Evaluation, Candidate.origin, Candidate.parent_id, Task.id, Task.name)  # type: ignore[call-overload]
                  .join(Candidate, col(Candidate.id) == Evaluation.candidate_id)
                  .join(Task, col(Task.id) == Candidate.task_id).order_by(col(Evaluation.id)))
         if run_id is not None:

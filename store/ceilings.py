@@ -46,7 +46,8 @@ def save_ceilings(store_or_engine: Any, c: Ceilings) -> int:
     with Session(for_writes(_engine(store_or_engine)), expire_on_commit=False) as s, s.begin():
         s.add(row)
         s.flush()
-        return int(row.id)
+        assert row.id is not None  # set by the flush
+        return row.id
 
 
 def load_ceilings(store_or_engine: Any, fingerprint_id: str, cores: Sequence[int], threads: int) -> Ceilings | None:

@@ -71,7 +71,7 @@ def evaluation_row(candidate: str, run_id: int | None, verdict: Mapping[str, Any
         status=verdict["status"],
         reason=str(verdict.get("reason") or ""),
         correct=bool(verdict.get("correct", False)),
-        **{f: _number(f, verdict.get(f)) for f in _FLOAT_FIELDS},
+        **{f: _number(f, verdict.get(f)) for f in _FLOAT_FIELDS},  # type: ignore[arg-type]  # all float columns
         trials=encode("verdict trials", verdict.get("trials", [])),
         timings=encode("verdict timings", verdict.get("timings", {})),
         flags=encode("verdict flags", verdict.get("flags", [])),

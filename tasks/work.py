@@ -169,23 +169,25 @@ def work(task: Task, variant: Mapping[str, Any] | None = None, device: str = "cp
             return _CACHE[key]
     declared = {"flops": task.meta.flops, "bytes": task.meta.bytes}
     if all(v is not None for v in declared.values()) and var is None:
-        found = Work(float(declared["flops"]), float(declared["bytes"]), "declared", None)
+        found = Work(float(declared["flops"] or 0), float(declared["bytes"] or 0), "declared", None)
     else:
         # with the FLOPs declared only the bytes are needed: shapes and dtypes, on the meta device
         how = "meta" if declared["flops"] is not None else device
         derived = _derive_or(task, var, how, device)
         base = _derive_or(task, None, how, device) if var is not None and any(v is not None for v in declared.values()) else None
-        figures, sources = {}, []
+        figures: dict[str, float] = {}
+        sources: list[str] = []
         for name, value in declared.items():
             mine = getattr(derived, name)
             if value is None:
-                figures[name], _ = mine, sources.append("derived")
+                figures[name] = mine
             elif base is None:
-                figures[name], _ = float(value), sources.append("declared")
+                figures[name] = float(value)
             elif getattr(base, name) > 0:  # a variant: the declared figure scaled as the derived one scales
-                figures[name], _ = float(value) * mine / getattr(base, name), sources.append("declared")
+                figures[name] = float(value) * mine / getattr(base, name)
             else:
-                figures[name], _ = mine, sources.append("derived")
+                figures[name] = mine
+            sources.append("derived" if value is None or (base is not None and getattr(base, name) <= 0) else "declared")
         source = sources[0] if len(set(sources)) == 1 else "mixed"
         found = Work(figures["flops"], figures["bytes"], source, var)
     with _LOCK:
