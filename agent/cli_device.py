@@ -32,7 +32,7 @@ def device_cmd(db: str | None = DbOpt, as_json: bool = JsonOpt, remeasure: bool 
     store = open_store(opts.db)  # first: a bad --db fails before any work
     if import_file is not None:
         try:
-            found = ceilings.from_device_json(import_file)
+            found: Any = ceilings.from_device_json(import_file)
         except (OSError, json.JSONDecodeError, ceilings.CeilingError) as e:
             raise UserError(f"--import {import_file}: {e}") from None
         save_ceilings(store, found)
@@ -42,7 +42,8 @@ def device_cmd(db: str | None = DbOpt, as_json: bool = JsonOpt, remeasure: bool 
     threads = opts.threads
     try:
         if opts.device == "cuda":
-            cores, fingerprint_id = (), gpu_ceilings.fingerprint_id(threads)
+            cores: tuple[int, ...] = ()
+            fingerprint_id = gpu_ceilings.fingerprint_id(threads)
         else:
             cores, fingerprint_id = opts.timing_cpus or usable(), ceilings.cpu_fingerprint_id(threads)
         found = None if remeasure else load_ceilings(store, fingerprint_id, cores, threads)

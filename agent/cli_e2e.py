@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.markup import escape
@@ -13,14 +13,14 @@ from agent.app import JsonOpt, app, console
 from agent.runtime import UserError, cli_errors
 
 
-def _model_config(config: Optional[Path], norm: Optional[str], preset: str) -> object:
+def _model_config(config: Optional[Path], norm: Optional[str], preset: str) -> Any:
     from agent.e2e_model import TransformerConfig
 
     presets = {"small": {}, "tiny": {"vocab": 128, "d_model": 64, "heads": 2, "layers": 1, "d_ff": 128, "seq": 16,
                                      "batch": 2}}
     if preset not in presets:
         raise UserError(f"unknown --size {preset!r} (use {' or '.join(presets)})")
-    values = dict(presets[preset])
+    values: dict[str, Any] = dict(presets[preset])
     if config is not None:
         try:
             loaded = json.loads(config.read_text())

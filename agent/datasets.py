@@ -91,12 +91,12 @@ def groups(store: Any) -> list[tuple[list[dict[str, str]], list[Answer]]]:
     for task in names.values():
         history = store.task_history(task["id"])
         measured = (h["evaluation"]["fingerprint"] for h in history if h["evaluation"]["fingerprint"].get("device"))
-        home = next(measured, {})  # for verdicts given before any device was touched (static rejections)
+        home: dict[str, Any] = next(measured, {})  # for verdicts given before any device was touched (static rejections)
         initial: dict[tuple[str | None, str], list[dict[str, str]]] = {}
         for h in history:
             e = h["evaluation"]
             value = e["reward"] if e["reward"] is not None else reward(e).value
-            calls = producing.get(h["id"], [])
+            calls: list[Any] = producing.get(h["id"], [])
             for call in calls or [None]:
                 answer = Answer(task["name"], h["source"], call["response"] if call else None, h["id"], e["status"],
                                 speed.get(h["id"], e["speedup"]), value, e["fingerprint_id"], e.get("policy", "strict"))

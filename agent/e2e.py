@@ -150,7 +150,7 @@ def _run(package: Any, cfg: E2EConfig) -> dict[str, Any]:
         got, paths = _counted(package, lambda: model(toks))
         report["reasons"] = {r.task: package.last_reason(r.task) for r in applied
                              if package.last_path(r.task) != "kernel"}
-        runs = {"eager": {"parity": _parity(got, want, tol), "calls": paths,
+        runs: dict[str, Any] = {"eager": {"parity": _parity(got, want, tol), "calls": paths,
                           "timing": _time({"base": lambda: base(toks), "applied": lambda: model(toks)},
                                           cfg.warmup, cfg.repeats, cfg.device)}}
         if cfg.compiled:

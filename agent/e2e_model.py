@@ -114,8 +114,9 @@ def build(cfg: TransformerConfig, device: str = "cpu") -> Transformer:
         for m in model.modules():
             if isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
                 nn.init.normal_(m.weight, mean=1.0, std=0.2)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.normal_(m.bias, mean=0.0, std=0.2)
+                bias = getattr(m, "bias", None)
+                if bias is not None:
+                    nn.init.normal_(bias, mean=0.0, std=0.2)
     return model.to(device=device, dtype=getattr(torch, cfg.dtype)).eval()
 
 

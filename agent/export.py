@@ -251,15 +251,15 @@ def runtime_source(package: str) -> str:
              "from __future__ import annotations\n"]
     defined: set[str] = set()
     for module in (compiler, fastpath):
-        source = Path(module.__file__).read_text()
+        source = Path(module.__file__ or "").read_text()
         tree = ast.parse(source)
-        lines, drop = source.splitlines(keepends=True), set()
+        lines, drop = source.splitlines(keepends=True), set[int]()
         for i, node in enumerate(tree.body):
             docstring = i == 0 and isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
             ours = isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in KERNELWRIGHT_PACKAGES
             if isinstance(node, ast.Import) and any(a.name.split(".")[0] in KERNELWRIGHT_PACKAGES for a in node.names):
                 raise ExportError(f"{module.__name__} imports kernelwright by `import`: cannot generate the runtime")
-            if ours and not {a.name for a in node.names} <= defined:
+            if isinstance(node, ast.ImportFrom) and ours and not {a.name for a in node.names} <= defined:
                 raise ExportError(f"{module.__name__} needs {node.module}, which the runtime does not include")
             if docstring or ours or (isinstance(node, ast.ImportFrom) and node.module == "__future__"):
                 drop.update(range(node.lineno - 1, node.end_lineno or node.lineno))

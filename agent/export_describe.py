@@ -59,7 +59,7 @@ def _identifier(name: str, taken: set[str]) -> str:
     return ident
 
 
-def _input_names(model_cls: type, n: int) -> list[str]:
+def _input_names(model_cls: Any, n: int) -> list[str]:
     try:
         params = list(inspect.signature(model_cls.forward).parameters.values())[1:]
     except (TypeError, ValueError):
@@ -73,17 +73,23 @@ def _state(model: Any) -> list[tuple[str, str, torch.Tensor]]:
             *[(n, "buffer", t) for n, t in model.named_buffers()]]
 
 
+def _rank(shape: tuple[int, ...] | None) -> int | None:
+    return None if shape is None else len(shape)
+
+
 def _rules(shapes: list[list[tuple[int, ...] | None]]) -> dict[str, list[Any]]:
     """Fixed and tied dims over the cases (shapes[case][slot]; None: not a tensor)."""
     slots = range(len(shapes[0]))
-    ranks_agree = all(len({None if c[s] is None else len(c[s]) for c in shapes}) == 1 for s in slots)
+    ranks_agree = all(len({_rank(c[s]) for c in shapes}) == 1 for s in slots)
     cases = shapes if ranks_agree else shapes[:1]  # ranks vary: only the default shape is known to work
-    fixed, groups = [], {}
+    fixed: list[list[int]] = []
+    groups: dict[tuple[int, ...], list[list[int]]] = {}
     for s in slots:
-        if cases[0][s] is None:
+        first = cases[0][s]
+        if first is None:
             continue
-        for axis in range(len(cases[0][s])):
-            sizes = tuple(c[s][axis] for c in cases)
+        for axis in range(len(first)):
+            sizes = tuple((c[s] or ())[axis] for c in cases)  # (ranks agree: every case has a shape here)
             if len(set(sizes)) == 1:
                 fixed.append([s, axis, sizes[0]])
             else:
@@ -137,7 +143,7 @@ def describe(task: Task, device: str, init_seed: int, tolerances: dict[str, list
     args0, _, model0 = cases[0]
     names = _input_names(module.Model, len(args0))
     taken = set(names)
-    inputs = []
+    inputs: list[dict[str, Any]] = []
     for i, (name, a) in enumerate(zip(names, args0)):
         if not isinstance(a, torch.Tensor):
             inputs.append({"name": name, "kind": "value", "type": type(a).__name__})
@@ -146,7 +152,7 @@ def describe(task: Task, device: str, init_seed: int, tolerances: dict[str, list
         inputs.append({"name": name, "kind": "tensor", "dtype": str(a.dtype).removeprefix("torch."), "ndim": a.dim(),
                        "device": device if where == "device" else "cpu",
                        "pinned": device == "cuda" and where == "pinned"})
-    state = [{"name": n, "arg": _identifier(n, taken), "kind": kind, "dtype": str(t.dtype).removeprefix("torch."),
+    state: list[dict[str, Any]] = [{"name": n, "arg": _identifier(n, taken), "kind": kind, "dtype": str(t.dtype).removeprefix("torch."),
               "ndim": t.dim(), "shape": list(t.shape)} for n, kind, t in _state(model0)]
     shapes = []
     for args, _, model in cases:

@@ -47,6 +47,7 @@ def verdict(speedup: float, s: Spread, min_speedup: float | None) -> str:
         return "no timing spread recorded, so no speedup can be shown (use --min-speedup to ship it anyway)"
     if speedup > need:
         return ""
+    assert s.candidate is not None and s.reference is not None  # needed() had both
     slower = "slower than eager" if speedup < 1 else "not faster than eager by more than its measured spread"
     return (f"{speedup:.2f}x: {slower} (kernel ±{100 * s.candidate / 2:.1f}%, eager ±{100 * s.reference / 2:.1f}%: "
             f"needs more than {need:.2f}x)")

@@ -12,15 +12,15 @@ import ast
 import dataclasses
 import itertools
 import operator
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 Value = int | float | str | bool
 
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _CMPOPS = {ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
            ast.Gt: operator.gt, ast.GtE: operator.ge}
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_UNARY: dict[type, Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 
 
 def _check_expr(node: ast.AST, names: set[str], text: str) -> None:
@@ -138,8 +138,9 @@ def read_space(source: str) -> KnobSpace | None:
     decl = consts["KNOBS"].value
     if not isinstance(decl, ast.Dict) or any(k is None for k in decl.keys):
         raise ValueError("KNOBS must be a literal dict of name -> list of values")
-    knobs = []
+    knobs: list[Any] = []
     for key, vals in zip(decl.keys, decl.values):
+        assert key is not None  # checked above
         name = _literal(key, "a KNOBS key")
         if not isinstance(name, str) or not name.isidentifier():
             raise ValueError(f"KNOBS key {name!r} is not a name")
@@ -193,7 +194,7 @@ def instantiate(source: str, config: Mapping[str, Value]) -> str:
     # rewrite from the end so that earlier offsets stay valid; unchanged lines stay verbatim
     for name in sorted(changed, key=lambda n: (consts[n].lineno, consts[n].col_offset), reverse=True):
         node = consts[name]
-        first, last = node.lineno - 1, node.end_lineno - 1
+        first, last = node.lineno - 1, (node.end_lineno or node.lineno) - 1
         head, tail = lines[first][:node.col_offset], lines[last][node.end_col_offset:]
         lines[first:last + 1] = [head + f"{name} = {full[name]!r}".encode() + tail]
     return b"".join(lines).decode()

@@ -222,7 +222,7 @@ class LLMClient:
                 attempts += 1
                 try:
                     response = self._client.chat.completions.create(
-                        model=cfg.model, messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                        model=cfg.model, messages=messages,  # type: ignore[arg-type]  # plain role/content dicts temperature=cfg.temperature, max_tokens=cfg.max_tokens,
                         extra_body=dict(cfg.extra_body) if cfg.extra_body else None)
                 except json.JSONDecodeError as exc:  # the openai package lets this through
                     raise _Malformed(f"body is not JSON ({exc.msg})") from exc
@@ -233,7 +233,7 @@ class LLMClient:
         retrying = Retrying(stop=stop_after_attempt(cfg.max_attempts), wait=self._wait,
                             retry=retry_if_exception(_retryable), reraise=True,
                             before_sleep=lambda st: _log.debug("LLM request failed (%s); attempt %d of %d next",
-                                                               type(st.outcome.exception()).__name__,
+                                                               type(st.outcome.exception() if st.outcome else None).__name__,
                                                                st.attempt_number + 1, cfg.max_attempts))
         _log.debug("LLM request to %s: %d messages, %d characters", cfg.model, len(messages),
                    sum(len(str(m.get("content", ""))) for m in messages))

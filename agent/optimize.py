@@ -262,6 +262,7 @@ class Optimizer:
                      Record(tr.task_id, proposal.origin, self.run_id, strategy=self._strategy_name(proposal),
                             parent_id=proposal.parent_id, knobs=proposal.knobs, llm_call=call), slow_ms=slow_ms)
         out, r, cid = done.out, done.reward, done.candidate_id
+        assert cid is not None  # judged with a store and a record: saved
         with self.lock:
             tr.members.append(Member(cid, proposal.parent_id, out["status"], out.get("speedup"), r.value,
                                      proposal.knobs, proposal.origin))

@@ -51,7 +51,7 @@ def blocks(text: str) -> list[Block]:
             i += 1
             continue
         fence = opening.group(1)
-        tag = re.match(r"[a-z0-9+#_-]*", opening.group(2).lower()).group(0)  # "python:kernel.py" -> python
+        tag = re.match(r"[a-z0-9+#_-]*", opening.group(2).lower()).group(0)  # type: ignore[union-attr]  # * always matches
         body: list[str] = []
         i += 1
         while i < len(lines):
@@ -131,7 +131,8 @@ def _unfenced(text: str) -> Extracted:
 
 
 def _undefined_source_names(tree: ast.Module) -> set[str]:
-    used, bound = set(), set()
+    used: set[str] = set()
+    bound: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and node.id in SOURCE_NAMES:
             (used if isinstance(node.ctx, ast.Load) else bound).add(node.id)

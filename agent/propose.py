@@ -57,7 +57,8 @@ def pick_exemplars(history: Sequence[dict[str, Any]], parent_id: str | None, k: 
         if b and len(chosen) < k:
             chosen.append(rng.choice(b))
     chosen.sort(key=lambda h: h["evaluation"]["speedup"])
-    negatives, rules = [], set()
+    negatives: list[Any] = []
+    rules: set[str] = set()
     for h in reversed(history):
         e = h["evaluation"]
         rule = e.get("reason", "").split(":")[0]

@@ -58,9 +58,10 @@ def leaderboard(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for st in ranking.standings(rows).values():
         ranked.setdefault(st.first["task_id"], []).append(st)
     for task_id, standings in ranked.items():
-        st = ranking.leader(standings)
-        board[task_id]["best"] = {**st.first, "speedup": st.speedup, "measurements": st.measurements,
-                                  "peak_fraction": st.peak_fraction, "bound": st.bound}
+        lead = ranking.leader(standings)
+        assert lead is not None  # standings is never empty
+        board[task_id]["best"] = {**lead.first, "speedup": lead.speedup, "measurements": lead.measurements,
+                                  "peak_fraction": lead.peak_fraction, "bound": lead.bound}
     return sorted(board.values(), key=lambda b: b["task"])
 
 

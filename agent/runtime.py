@@ -139,7 +139,8 @@ def machine_ceilings(opts: Options, store: Any = None) -> Any:
     try:
         try:
             if opts.device == "cuda":
-                cores, fingerprint_id = (), gpu_ceilings.fingerprint_id(opts.threads)
+                cores: tuple[int, ...] = ()
+                fingerprint_id = gpu_ceilings.fingerprint_id(opts.threads)
             else:
                 cores, fingerprint_id = opts.timing_cpus or usable(), ceilings.cpu_fingerprint_id(opts.threads)
             found = load_ceilings(store, fingerprint_id, cores, opts.threads)

@@ -100,7 +100,8 @@ def refine(members: Sequence[Member], rng: random.Random) -> Ask:
     if not members:
         return Ask("initial")
     by_id = {m.id: m for m in members}
-    chain, cur = [], members[-1]
+    chain: list[Any] = []
+    cur: Any = members[-1]
     while cur is not None and cur not in chain:
         chain.insert(0, cur)
         cur = by_id.get(cur.parent_id) if cur.parent_id else None

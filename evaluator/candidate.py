@@ -60,7 +60,7 @@ class CandidateRun:
         self.peak: dict[str, Any] = {}  # the Verdict's peak_fraction, bound, reference_peak_fraction
         self._variant: Any = "unset"
 
-    def call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
+    def call(self, kind: str, meta: dict[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
         return self.w.call(kind, meta, tensors, deadline=self.deadline)
 
     def go(self, slow_ms: float | None) -> None:
@@ -218,6 +218,7 @@ class CandidateRun:
                 self.flags.append(f"coverage unavailable: {watch.unavailable}")
                 return
             r = self.rounds
+            assert self.timing is not None  # sampled after the timed rounds
             rounds.sampled_round(self._round_call(), params, r.last_index + 1, self.timing.median_ms, r.bytes_per_call,
                                  watch.window)
             torch_ext = str(self.ev.sandbox.cfg.cache_dir / "torch_ext") + "/"  # load_inline's builds
@@ -246,6 +247,7 @@ class CandidateRun:
             if attempt == 2:
                 self._reject(skipped)
         cand = self.timing
+        assert cand is not None and self.ref_timing is not None  # set by the rounds above
         if self.device == "cuda":
             self._reject(timing_checks.hidden_stream_work(r.synced, r.claimed))
         self._reject(timing_checks.clock_mismatch(cand))

@@ -138,7 +138,7 @@ class Evaluator:
         if c is None or c.device != "cpu" or self._rechecks >= MAX_RECHECKS:
             return None
         with self.timing_phase():
-            if self._rechecks >= MAX_RECHECKS:
+            if self._rechecks >= MAX_RECHECKS or self.ceilings is None:
                 return None
             self._rechecks += 1
             _log.debug("re-measuring the ceilings before a beyond_roofline verdict (%d of %d)", self._rechecks,
@@ -173,7 +173,7 @@ class Evaluator:
         return derive_seed(self.seed, task.source_hash, "init") % (2**31)
 
     def _plan(self, task: Task) -> list[tuple[str, dict | None, int, str]]:
-        plan = [(f"default/{t}", None, derive_seed(self.seed, task.source_hash, "trial", t), t)
+        plan: list[tuple[str, dict | None, int, str]] = [(f"default/{t}", None, derive_seed(self.seed, task.source_hash, "trial", t), t)
                 for t in self.cfg.transforms if t == "none" or task.meta.input_transforms]
         for i, v in enumerate(task.meta.variants):
             plan.append((f"variant{i}", v, derive_seed(self.seed, task.source_hash, "variant", i), "none"))

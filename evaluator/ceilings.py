@@ -357,7 +357,7 @@ def from_device_json(source: str | Path | Mapping[str, Any], fingerprint_id: str
     evaluator/roofline.py); `fma_gflops`: fp32 CUDA-core FMA. Cached figures default to the
     uncached ones. evaluator/gpu_ceilings.py measures all of them; Ceilings.to_json reads back too.
     """
-    d = dict(json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else source)
+    d: dict[str, Any] = dict(json.loads(Path(source).read_text()) if isinstance(source, (str, Path)) else source)
     try:
         copy = float(d["copy_gbs"])
         return Ceilings(device=d.get("device", "cuda"), fingerprint_id=fingerprint_id or d.get("fingerprint_id", ""),

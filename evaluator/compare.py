@@ -51,8 +51,8 @@ def tensor_error(index: int, got: torch.Tensor, want: torch.Tensor, tol: Toleran
     if not (want.is_floating_point() or want.is_complex()):
         bad = got != want
         frac = float(bad.float().mean())
-        diff = float((got.long() - want.long()).abs().max()) if want.dtype != torch.bool else float(bad.any())
-        return OutputError(index, diff, diff, frac, frac == 0.0, "" if frac == 0 else "integer outputs differ")
+        worst = float((got.long() - want.long()).abs().max()) if want.dtype != torch.bool else float(bad.any())
+        return OutputError(index, worst, worst, frac, frac == 0.0, "" if frac == 0 else "integer outputs differ")
     g, w = got.double(), want.double()
     nonfinite = ~torch.isfinite(g)
     diff = (g - w).abs()
@@ -93,7 +93,7 @@ def compare(got: Any, want: Any, tol: Tolerance) -> tuple[bool, list[OutputError
             errors.append(OutputError(i, 0.0 if same else float("inf"), 0.0, 0.0 if same else 1.0, same))
     ok = all(e.ok for e in errors)
     bad = next((e for e in errors if not e.ok), None)
-    note = "" if ok else f"output {bad.index}: max abs error {bad.max_abs:.3g}" + (f" ({bad.note})" if bad.note else "")
+    note = "" if bad is None else f"output {bad.index}: max abs error {bad.max_abs:.3g}" + (f" ({bad.note})" if bad.note else "")
     return ok, errors, note
 
 

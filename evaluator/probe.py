@@ -78,6 +78,7 @@ class Probe:
         torch.backends.cudnn.allow_tf32 = False
         self.task: Any = None
         self.cls: Any = None
+        self.signs: Signs | None = None
         self.model: Any = None
         self.inline_calls: collections.Counter[str] = collections.Counter()
         self.placement: list[str] = []
@@ -86,7 +87,8 @@ class Probe:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         # sandbox/cpus.py: the timing cores are this worker's for its timing phase only
-        self.timing_cpus, self.rest_cpus = args.get("timing_cpus"), args.get("rest_cpus")
+        self.timing_cpus: list[int] = list(args.get("timing_cpus") or [])
+        self.rest_cpus: list[int] = list(args.get("rest_cpus") or [])
         if self.timing_cpus and args.get("pin_at_start"):  # the supervisor cannot follow this one
             cpus.pin_all_threads(self.rest_cpus)
 
@@ -228,13 +230,13 @@ class Probe:
 
     def _run(self, args: list[Any], checks: bool) -> tuple[str, dict[str, Any], list[Any]]:
         args = self._place(args)
-        guards = []
+        guards: list[Any] = []
         if checks and self.device.type == "cpu":
             args, guards = guarded(args)
         report: dict[str, Any] = {}
         py0, os0 = threading.active_count(), native_threads()
         launches0, inline0 = sum(fastpath.launches().values()), sum(self.inline_calls.values())
-        recorder = OpRecorder() if checks else contextlib.nullcontext()
+        recorder: Any = OpRecorder() if checks else contextlib.nullcontext()
         profiler = self._profiler() if checks and self.device.type == "cuda" else None
         try:
             if profiler is not None:
@@ -266,14 +268,14 @@ class Probe:
             report["plain"] = plain
             if profiler is not None:
                 try:
-                    kernels = [e for e in profiler.events() if e.device_type.name == "CUDA"]
-                    report["gpu_kernels"] = sorted({e.name for e in kernels})
+                    kernels = [k for k in profiler.events() if k.device_type.name == "CUDA"]
+                    report["gpu_kernels"] = sorted({k.name for k in kernels})
                     spent: dict[str, float] = {}  # GPU time per kernel name, for coverage on CUDA
-                    for e in kernels:
-                        spent[e.name] = spent.get(e.name, 0.0) + float(e.time_range.elapsed_us())
+                    for k in kernels:
+                        spent[k.name] = spent.get(k.name, 0.0) + float(k.time_range.elapsed_us())
                     report["gpu_kernel_us"] = spent
-                except Exception as e:  # noqa: BLE001 - as above
-                    report["profiler"] = f"no events: {type(e).__name__}: {e}"[:200]
+                except Exception as err:  # noqa: BLE001 - as above
+                    report["profiler"] = f"no events: {type(err).__name__}: {err}"[:200]
         inputs_after: list[Any] = [a for a in args if isinstance(a, torch.Tensor)] if checks else []
         return "outputs", {"tree": tree, "report": report, "n_outputs": len(snap)}, snap + inputs_after
 
@@ -350,7 +352,7 @@ class Probe:
 
     def _signs(self, meta: dict[str, Any]) -> Signs:
         seed = int(meta.get("sign_seed", 0))
-        if getattr(self, "signs", None) is None or self.signs.seed != seed:
+        if self.signs is None or self.signs.seed != seed:
             self.signs = Signs(seed)
         return self.signs
 

@@ -43,11 +43,11 @@ class ReferenceSession:
         self._sums: dict[int, Any] = {}  # timed call index -> checksums of the reference's output
         self._lock = threading.RLock()  # one conversation with the worker at a time
 
-    def _call(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
+    def _call(self, kind: str, meta: dict[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
         with self._lock:
             return self._call_locked(kind, meta, tensors)
 
-    def _call_locked(self, kind: str, meta: dict[str, Any], tensors: list[Any] = ()) -> tuple[str, dict, list]:
+    def _call_locked(self, kind: str, meta: dict[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
         if self.worker is None:
             self.worker = self.sandbox.spawn(self.timeout_s * 4, files={"task.py": self.task.source})
             deadline = time.monotonic() + self.timeout_s

@@ -23,10 +23,13 @@ from typing import Any, Protocol
 MARGIN = 0.5
 
 
-class _Work(Protocol):
-    flops: float
-    bytes: float
-    source: str
+class _Work(Protocol):  # read-only: tasks/work.py's Work is frozen
+    @property
+    def flops(self) -> float: ...
+    @property
+    def bytes(self) -> float: ...
+    @property
+    def source(self) -> str: ...
 
 
 def bandwidth(ceilings: Any, working_set: float, cached: bool | None = None) -> tuple[float, str]:

@@ -65,8 +65,9 @@ def empty_round_ms(call: Call, params: dict[str, Any], n: int = 5) -> float:
 def timed(call: Call, kind: str, meta: dict[str, Any]) -> tuple[dict[str, Any], float]:
     """A request and its round trip in ms: by `call.timed` where the caller has one (a worker's
     call_timed: the arrival read in C, without the GIL), else by this thread's clock."""
-    if getattr(call, "timed", None) is not None:
-        _, answer, _, ms = call.timed(kind, meta)
+    by_worker = getattr(call, "timed", None)
+    if by_worker is not None:
+        _, answer, _, ms = by_worker(kind, meta)
         return answer, ms
     t0 = time.perf_counter()
     _, answer, _ = call(kind, meta)
@@ -116,8 +117,10 @@ def measure(call: Call, params: dict[str, Any], overhead: Overhead | None = None
     t_phase = time.perf_counter()
     r = Rounds()
     trusted = overhead is None
-    fixed = empty_round_ms(call, params) if trusted else overhead.round_ms
-    per_call_extra = 0.0 if trusted else overhead.call_ms
+    if overhead is None:
+        fixed, per_call_extra = empty_round_ms(call, params), 0.0
+    else:
+        fixed, per_call_extra = overhead.round_ms, overhead.call_ms
     warmup = max(1, int(params["warmup"]))
     wall, per_bytes = 0.0, 0
     for k in range(2):  # the first warm-up round pays lazy set-up; the second sizes the rounds

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import statistics
+from collections.abc import Sequence
 from typing import Any
 
 from evaluator.coverage import Coverage
@@ -63,7 +64,7 @@ class Timing:
 
     @staticmethod
     def from_samples(samples_ms: list[float], wall_ms: float, early_exit: bool = False,
-                     overhead_ms: float = 0.0, warmup_ms: list[float] = (), **rest: Any) -> Timing:
+                     overhead_ms: float = 0.0, warmup_ms: Sequence[float] = (), **rest: Any) -> Timing:
         s = sorted(samples_ms)
         n = len(s)
 

@@ -19,7 +19,7 @@ import torch
 try:  # models are built with real tensors even when first needed while tracing with fake ones
     from torch._subclasses.fake_tensor import unset_fake_temporarily as _real_tensors
 except ImportError:  # pragma: no cover - older torch
-    _real_tensors = contextlib.nullcontext
+    _real_tensors = contextlib.nullcontext  # type: ignore[assignment]
 
 PACKAGE = __name__.rpartition(".")[0]
 _lock = threading.RLock()

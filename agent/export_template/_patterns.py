@@ -50,7 +50,7 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {**dict(model.named_parameters()), **dict(model.named_buffers())}
 
 
-def _one(model: nn.Module, kind: type, what: str) -> tuple[str, nn.Module]:
+def _one(model: nn.Module, kind: type, what: str) -> tuple[str, Any]:
     found = [(name, m) for name, m in model.named_modules() if isinstance(m, kind)]
     if len(found) != 1:
         raise NoMatch(f"{len(found)} {what} modules in the reference, not one")

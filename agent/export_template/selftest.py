@@ -20,7 +20,8 @@ class _constants:
     """Set a reference module's constants for a shape variant, and put them back."""
 
     def __init__(self, module: Any, variant: dict[str, Any] | None):
-        self.module, self.variant, self.old = module, variant or {}, {}
+        self.module, self.variant = module, variant or {}
+        self.old: dict[str, Any] = {}
 
     def __enter__(self) -> None:
         for k, v in self.variant.items():
