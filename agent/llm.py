@@ -222,7 +222,7 @@ class LLMClient:
                 attempts += 1
                 try:
                     response = self._client.chat.completions.create(
-                        model=cfg.model, messages=messages,  # type: ignore[arg-type]  # plain role/content dicts temperature=cfg.temperature, max_tokens=cfg.max_tokens,
+                        model=cfg.model, messages=messages, temperature=cfg.temperature, max_tokens=cfg.max_tokens,  # type: ignore[arg-type]
                         extra_body=dict(cfg.extra_body) if cfg.extra_body else None)
                 except json.JSONDecodeError as exc:  # the openai package lets this through
                     raise _Malformed(f"body is not JSON ({exc.msg})") from exc

@@ -228,7 +228,8 @@ class Store:
         Only evaluations under `policy` count (rows from before policies existed are strict's):
         a kernel that may call PyTorch never competes with one that may not.
         """
-        query = (select(*_RANKED, col(Task.id).label("task_id"),  # type: ignore[call-overload]  # (sqlmodel's stubs: 4 columns) col(Task.name).label("task"),
+        # (sqlmodel's select stubs stop at 4 columns)
+        query = (select(*_RANKED, col(Task.id).label("task_id"), col(Task.name).label("task"),  # type: ignore[call-overload]
                         col(Task.suite).label("suite"), col(Candidate.origin).label("origin"),
                         col(Evaluation.device).label("device"), col(Evaluation.fingerprint_id).label("fingerprint_id"),
                         col(Evaluation.created_at).label("created_at"))
