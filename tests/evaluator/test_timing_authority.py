@@ -5,7 +5,12 @@ Python with the static screen off (loose_evaluator), so the run-time checks must
 """
 from __future__ import annotations
 
+import dataclasses
+
 from evaluator import rounds
+from evaluator.cascade import EvalConfig, Evaluator
+from evaluator.rules import Policy
+from tests.conftest import FAST_TIMING
 from tests.data.candidates import FAST, slow
 
 SLOWED_CLOCK = '''import sys
@@ -44,9 +49,11 @@ _probe.Probe.do_go = _fake
     assert v.status.value == "runtime_error" and "protocol violation" in v.reason, (v.status, v.reason)
 
 
-def test_every_timed_output_is_checked(loose_evaluator, small_task):
+def test_every_timed_output_is_checked(sandbox, small_task):
     """A kernel that skips its work on some timed calls (returning the last output again) is
-    caught by the checksums of every call, whichever calls it picks."""
+    caught by the checksums of every call, whichever calls it picks. At least 40 timed calls,
+    so that a loaded machine's short timing phase still reaches the skipped ones (calls > 14:
+    after the correctness trials)."""
     init = "        self.calls = 0\n        self.kept = None\n"
     forward = """
         self.calls += 1
@@ -56,7 +63,12 @@ def test_every_timed_output_is_checked(loose_evaluator, small_task):
         _lib.softmax_slow(out, x, x.shape[0], x.shape[1])
         self.kept = out
         return out"""
-    v = loose_evaluator.evaluate(small_task, slow(init=init, forward=forward))
+    timing = dataclasses.replace(FAST_TIMING, min_iters=40)
+    ev = Evaluator(sandbox, EvalConfig(timeout_s=60, timing=timing, policy=Policy(static_screen=False)))
+    try:
+        v = ev.evaluate(small_task, slow(init=init, forward=forward))
+    finally:
+        ev.close()
     assert v.status.value == "incorrect" and "post-timing" in v.reason, (v.status, v.reason)
 
 
