@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 CXX_FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fopenmp")
@@ -133,7 +134,7 @@ def place_compilers(cpus: tuple[int, ...] | None) -> set[int]:
         return set(_running)
 
 
-def _run(cmd: list[str], cwd: Path, timeout_s: float, max_log: int) -> tuple[int | None, str]:
+def run_compiler(cmd: list[str], cwd: Path, timeout_s: float, max_log: int) -> tuple[int | None, str]:
     """Run a compiler in its own process group; None as the code means it timed out."""
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
@@ -162,43 +163,83 @@ def _run(cmd: list[str], cwd: Path, timeout_s: float, max_log: int) -> tuple[int
     return code, text
 
 
-def build(spec: CompileSpec, cfg: CompilerConfig) -> BuildResult:
-    """Compile (or find in the cache) one shared library. Never raises on bad source."""
+FAILED = "failed.log"  # a build the compiler refused, where kept: the same source then fails at once
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One build into the content-addressed cache: the files written first, the commands run
+    in that directory, the file that comes out. `keep_failures`: a source the compiler refused
+    is cached too (a build killed by a signal never is)."""
+
+    key: str
+    product: str
+    files: Mapping[str, str]
+    steps: Callable[[Path], tuple[int | None, str]]  # (exit code, None on timeout; log)
+    timeout_s: float
+    keep_failures: bool = False
+
+
+def cached_build(recipe: Recipe, cache_dir: Path) -> BuildResult:
+    """Find `recipe`'s product in the cache, or build it in a private directory beside its entry
+    and publish that atomically. Never raises on bad source: a failure is a BuildResult."""
     t0 = time.perf_counter()
-    key = spec.key()
-    entry = cfg.cache_dir / key[:2] / key
-    lib = entry / "lib.so"
-    if lib.is_file():
-        log = (entry / "build.log").read_text(errors="replace") if (entry / "build.log").exists() else ""
-        return BuildResult(True, str(lib), log, time.perf_counter() - t0, True, key)
+    key = recipe.key
+    entry = cache_dir / key[:2] / key
+    product = entry / recipe.product
+
+    def result(ok: bool, log: str, cached: bool = False) -> BuildResult:
+        return BuildResult(ok, str(product) if ok else "", log, time.perf_counter() - t0, cached, key)
+
+    if product.is_file():
+        return result(True, _read(entry / "build.log"), cached=True)
+    if recipe.keep_failures and (entry / FAILED).is_file():
+        return result(False, _read(entry / FAILED), cached=True)
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmpd = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}."))
     try:
-        src = tmpd / ("kernel.cu" if spec.lang == "cuda" else "kernel.cpp")
-        src.write_text(spec.source)
-        out = tmpd / "lib.so"  # a cubin keeps this name too: one cache layout
+        for name, text in recipe.files.items():
+            (tmpd / name).write_text(text)
         try:
-            code, log = _run(command(spec, cfg, src, out), tmpd, cfg.timeout_s, cfg.max_log_bytes)
-            link = link_command(spec, cfg, out)
-            if code == 0 and link:
-                code, more = _run(link, tmpd, cfg.timeout_s, cfg.max_log_bytes)
-                log += more
+            code, log = recipe.steps(tmpd)
         except FileNotFoundError as e:
-            return BuildResult(False, "", f"compiler not found: {e.filename}", time.perf_counter() - t0, False, key)
+            return result(False, f"compiler not found: {e.filename or e}")
         log = log.replace(str(tmpd) + "/", "")
         if code is None:
-            return BuildResult(False, "", log + f"\ncompile timed out after {cfg.timeout_s:.0f} s",
-                               time.perf_counter() - t0, False, key)
-        if code != 0 or not out.is_file():
-            return BuildResult(False, "", log, time.perf_counter() - t0, False, key)
-        (tmpd / "build.log").write_text(log)
-        (tmpd / "kernel.src").write_text(spec.source)
+            return result(False, log + f"\nbuild timed out after {recipe.timeout_s:.0f} s")
+        built = code == 0 and (tmpd / recipe.product).is_file()
+        if not built and (not recipe.keep_failures or code <= 0):
+            return result(False, log or f"the build failed (code {code})")
+        (tmpd / ("build.log" if built else FAILED)).write_text(log)
         try:
             os.rename(tmpd, entry)  # atomic publish; a concurrent identical build may win
         except OSError:
-            if not lib.is_file():
-                return BuildResult(False, "", log + "\ncannot publish the build into the cache",
-                                   time.perf_counter() - t0, False, key)
-        return BuildResult(True, str(lib), log, time.perf_counter() - t0, False, key)
+            if built and not product.is_file():
+                return result(False, log + "\ncannot publish the build into the cache")
+        return result(built, log)
     finally:
         shutil.rmtree(tmpd, ignore_errors=True)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def build(spec: CompileSpec, cfg: CompilerConfig) -> BuildResult:
+    """Compile (or find in the cache) one shared library. Never raises on bad source."""
+    src = "kernel.cu" if spec.lang == "cuda" else "kernel.cpp"
+
+    def steps(where: Path) -> tuple[int | None, str]:
+        out = where / "lib.so"  # a cubin keeps this name too: one cache layout
+        code, log = run_compiler(command(spec, cfg, where / src, out), where, cfg.timeout_s, cfg.max_log_bytes)
+        link = link_command(spec, cfg, out)
+        if code == 0 and link:
+            code, more = run_compiler(link, where, cfg.timeout_s, cfg.max_log_bytes)
+            log += more
+        return code, log
+
+    recipe = Recipe(spec.key(), "lib.so", {src: spec.source, "kernel.src": spec.source}, steps, cfg.timeout_s)
+    return cached_build(recipe, cfg.cache_dir)

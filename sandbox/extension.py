@@ -27,12 +27,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from sandbox.compiler import BuildResult, CompilerConfig, _run, compiler_version
+from sandbox.compiler import BuildResult, CompilerConfig, Recipe, cached_build, compiler_version, run_compiler
 
 FORMAT = "1"  # bump when the recipe below changes: old cache entries are then never hit
 STD = "-std=c++20"  # what torch's own headers need (2.10 and later)
@@ -286,75 +285,41 @@ def commands(spec: ExtensionSpec, cfg: CompilerConfig) -> tuple[list[list[str]],
 
 # --- supervisor side: the build ------------------------------------------------------------------
 
-FAILED = "failed.log"  # a build the compiler refused: kept, so that the same candidate fails at once
-
-
 def build(spec: ExtensionSpec, cfg: CompilerConfig) -> BuildResult:
     """Compile (or find in the cache) one extension; never loads it, never raises on bad source."""
-    t0 = time.perf_counter()
     try:
         key = spec.key()
     except Exception as e:  # noqa: BLE001 - torch or a compiler unusable here
-        return BuildResult(False, "", f"cannot build torch extensions here: {e}", time.perf_counter() - t0, False, "")
-    entry = cfg.cache_dir / key[:2] / key
-    lib = entry / f"{spec.name}.so"
-    if lib.is_file():
-        return BuildResult(True, str(lib), _read(entry / "build.log"), time.perf_counter() - t0, True, key)
-    if (entry / FAILED).is_file():
-        return BuildResult(False, "", _read(entry / FAILED), time.perf_counter() - t0, True, key)
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmpd = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{key}."))
-    try:
-        for fname, text in sources(spec).items():
-            (tmpd / fname).write_text(text)
-        try:
-            code, log = _steps(spec, cfg, tmpd, t0 + cfg.timeout_s)
-        except FileNotFoundError as e:
-            return BuildResult(False, "", f"compiler not found: {e.filename or e}", time.perf_counter() - t0, False, key)
-        log = log.replace(str(tmpd) + "/", "")
-        if code is None:
-            return BuildResult(False, "", log + f"\nbuild timed out after {cfg.timeout_s:.0f} s",
-                               time.perf_counter() - t0, False, key)
-        built = code == 0 and (tmpd / lib.name).is_file()
-        for obj in tmpd.glob("*.o"):
-            obj.unlink()
-        if not built and code <= 0:  # killed by a signal (memory?): may work next time, not kept
-            return BuildResult(False, "", log or f"the build failed (code {code})", time.perf_counter() - t0, False, key)
-        (tmpd / ("build.log" if built else FAILED)).write_text(log)
-        try:
-            os.rename(tmpd, entry)  # atomic publish; a concurrent identical build may win
-        except OSError:
-            if built and not lib.is_file():
-                return BuildResult(False, "", log + "\ncannot publish the build into the cache",
-                                   time.perf_counter() - t0, False, key)
-        return BuildResult(built, str(lib) if built else "", log, time.perf_counter() - t0, False, key)
-    finally:
-        shutil.rmtree(tmpd, ignore_errors=True)
+        return BuildResult(False, "", f"cannot build torch extensions here: {e}", 0.0, False, "")
+    deadline = time.perf_counter() + cfg.timeout_s
+    recipe = Recipe(key, f"{spec.name}.so", sources(spec), lambda where: _steps(spec, cfg, where, deadline),
+                    cfg.timeout_s, keep_failures=True)
+    return cached_build(recipe, cfg.cache_dir)
 
 
 def _steps(spec: ExtensionSpec, cfg: CompilerConfig, where: Path, deadline: float) -> tuple[int | None, str]:
-    """Compile the sources side by side, then link; (exit code, None on timeout; the log)."""
+    """Compile the sources side by side, then link; (exit code, None on timeout; the log). The
+    objects are not kept: the library is what the worker loads."""
     compile_, link = commands(spec, cfg)
 
     def run(cmd: list[str]) -> tuple[int | None, str]:
         left = deadline - time.perf_counter()
-        return _run(cmd, where, left, cfg.max_log_bytes) if left > 0 else (None, "")
+        return run_compiler(cmd, where, left, cfg.max_log_bytes) if left > 0 else (None, "")
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(compile_)) as pool:
-        results = list(pool.map(run, compile_))
-    log = "".join(text for _, text in results)
-    codes = [c for c, _ in results]
-    if None in codes:
-        return None, log
-    bad = next((c for c in codes if c != 0), 0)
-    if bad:
-        return bad, log
-    code, text = run(link)
-    return code, log + text
-
-
-def _read(path: Path) -> str:
     try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(compile_)) as pool:
+            results = list(pool.map(run, compile_))
+        log = "".join(text for _, text in results)
+        codes = [c for c, _ in results]
+        if None in codes:
+            return None, log
+        bad = next((c for c in codes if c != 0), 0)
+        if bad:
+            return bad, log
+        code, text = run(link)
+        return code, log + text
+    finally:
+        for obj in where.glob("*.o"):
+            obj.unlink()
+
+
