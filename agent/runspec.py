@@ -108,7 +108,7 @@ class RunSpec:
         return policy(self.policy)
 
     def optimize_config(self) -> Any:
-        from agent.optimize import OptimizeConfig
+        from agent.loop.optimize import OptimizeConfig
 
         per_job = self.command == "batch"  # a batch shares its cost and time limits out itself
         return OptimizeConfig(strategy=self.strategy, budget=self.budget, concurrency=self.concurrency,

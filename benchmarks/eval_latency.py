@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs
+from agent.loop import knobs
 from evaluator.cascade import EvalConfig, Evaluator
 from sandbox.cpus import partition
 from sandbox.process import ProcessSandbox, SandboxConfig

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs
+from agent.loop import knobs
 from tasks.registry import suite_tasks
 from tests.agent.fake_openai import FakeOpenAI, Request, Step, ok, rate_limited, server_error
 

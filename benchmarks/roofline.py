@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs
+from agent.loop import knobs
 from evaluator import ceilings as ceilings_mod
 from evaluator.cascade import EvalConfig, Evaluator
 from evaluator.roofline import roofline

@@ -23,8 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import batch
-from agent.optimize import OptimizeConfig
+from agent.loop import batch
+from agent.loop.optimize import OptimizeConfig
 from agent.runtime import Options
 from store import Store
 from tasks.registry import suite_tasks

@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs, tuner
+from agent.loop import knobs, tuner
 from evaluator.cascade import EvalConfig, Evaluator
 from sandbox.process import ProcessSandbox, SandboxConfig
 from tasks.registry import suite_tasks

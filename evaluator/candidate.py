@@ -18,8 +18,8 @@ from evaluator.inputs import derive_seed, make_inputs
 from evaluator.reference import ReferenceSession, decode_outputs, encode_args, timing_from_rounds
 from evaluator.verdict import Status, Timing, Trial
 from sandbox import cpus
-from sandbox.process import Worker, WorkerDied, WorkerError
 from sandbox.protocol import ProtocolError, unpack_tree
+from sandbox.worker import Worker, WorkerDied, WorkerError
 from tasks import work as task_work
 from tasks.spec import Task
 
@@ -136,7 +136,7 @@ class CandidateRun:
             raise
         if any(not b.ok for b in self.w.builds):
             self.flags.append("a kernel build failed, yet the candidate loaded")
-        if loaded.get("seccomp") != "on":  # sandbox/seccomp.py, applied in the worker after the import
+        if loaded.get("seccomp") != "on":  # sandbox/jail/seccomp.py, applied in the worker after the import
             self.flags.append(f"sandbox: no seccomp filter ({str(loaded.get('seccomp', 'not reported'))[:200]})")
 
     def init(self, variant: dict | None) -> None:

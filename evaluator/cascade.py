@@ -25,7 +25,8 @@ from evaluator.inputs import TRANSFORMS, derive_seed
 from evaluator.reference import ReferenceFailed, ReferenceSession
 from evaluator.verdict import Status, Timing, Verdict
 from sandbox import ptxas
-from sandbox.process import ProcessSandbox, WorkerDied, WorkerError, WorkerTimeout
+from sandbox.process import ProcessSandbox
+from sandbox.worker import WorkerDied, WorkerError, WorkerTimeout
 from tasks import work as task_work
 from tasks.spec import Task
 

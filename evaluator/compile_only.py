@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 from sandbox import ptxas
-from sandbox.process import ProcessSandbox, WorkerDied, WorkerError, WorkerTimeout
+from sandbox.process import ProcessSandbox
+from sandbox.worker import WorkerDied, WorkerError, WorkerTimeout
 
 
 @dataclasses.dataclass

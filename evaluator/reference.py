@@ -11,8 +11,9 @@ from typing import Any
 
 from evaluator import rounds
 from evaluator.verdict import Timing
-from sandbox.process import ProcessSandbox, Worker, WorkerDied, WorkerError, WorkerTimeout
+from sandbox.process import ProcessSandbox
 from sandbox.protocol import pack_tree, unpack_tree
+from sandbox.worker import Worker, WorkerDied, WorkerError, WorkerTimeout
 from tasks.spec import Task
 
 

@@ -66,7 +66,7 @@ def policy(name: str) -> Policy:
 
 
 def prompt_rules(p: Policy) -> tuple[str, ...]:
-    """The policy's rules on whose code computes, as a prompt states them (agent/prompts.py): worded
+    """The policy's rules on whose code computes, as a prompt states them (agent/loop/prompts.py): worded
     from the same fields the checks read, so the two cannot disagree."""
     if p.ban_torch_compute:
         compute = ("forward runs only your kernels: no PyTorch ops that compute (matmul, F.*, softmax, sum, "

@@ -11,7 +11,7 @@ import ast
 import dataclasses
 import re
 
-# What candidate code may import, in one place (agent/prompts.py words its rule from these).
+# What candidate code may import, in one place (agent/loop/prompts.py words its rule from these).
 # Of kernelwright itself only the fast path's public API: every other module of the harness, and
 # anything private or internal of the fast path (_launches, set_builder, launches), is off limits.
 KERNELWRIGHT_PACKAGES = ("agent", "benchmarks", "evaluator", "kernelwright", "sandbox", "scripts", "store",

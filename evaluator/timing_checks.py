@@ -74,7 +74,7 @@ SIGMAS = 6.0  # how far a signed sum may stray, in standard deviations of honest
 
 def checksums_match(claimed: Any, want: Any, tol: Tolerance) -> bool:
     """A timed call's checksums against the reference's: [signed sum, sum of squares, elements,
-    dtype] per output (evaluator/instruments.py). An output within atol + rtol*|y| of the
+    dtype] per output (evaluator/jail/instruments.py). An output within atol + rtol*|y| of the
     reference y everywhere, its errors unrelated to the secret signs, moves the signed sum by a
     random amount of standard deviation at most sqrt(sum (atol + rtol*|y|)^2), which is at most
     sqrt(2 (n atol^2 + rtol^2 sum y^2)); the sum of squares by at most about

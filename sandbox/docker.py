@@ -8,7 +8,7 @@ A container gets: no network, a read-only root (the image of sandbox/image.py), 
 directory, memory, pids and CPU limits, no capabilities, no-new-privileges, the supervisor's
 own uid, the build caches (fast path, load_inline) and kernelwright's packages read-only, GPUs by device request
 with device cuda. It gets no writable host path and no environment but the scrubbed one.
-Its pid 1 (sandbox/container.py) reports the worker's exit through `docker wait`; killing it
+Its pid 1 (sandbox/jail/container.py) reports the worker's exit through `docker wait`; killing it
 is `docker kill`, and nothing the candidate started outlives the container.
 
 Starting a container and importing torch in it takes seconds, so `pool` containers are kept
@@ -38,7 +38,8 @@ from typing import Any
 from sandbox import env as envmod
 from sandbox import extension, protocol
 from sandbox.compiler import BuildResult, CompileSpec, build
-from sandbox.process import SandboxConfig, Worker
+from sandbox.process import SandboxConfig
+from sandbox.worker import Worker
 
 WORKDIR = "/kw/work"
 SOCKDIR = "/kw/sock"
@@ -78,7 +79,7 @@ def _exit_to_wait_status(code: int) -> int:
 
 
 class ContainerProcess:
-    """The container behind a Worker's socket: what sandbox.process.Worker asks of a process."""
+    """The container behind a Worker's socket: what sandbox.worker.Worker asks of a process."""
 
     def __init__(self, sandbox: DockerSandbox, container: Any, hostdir: Path):
         self.sandbox, self.container, self.hostdir = sandbox, container, hostdir
@@ -102,7 +103,7 @@ class ContainerProcess:
 
     def worker_pid(self) -> int | None:
         """The worker's pid on this host (the coverage sampler's target): the only child of the
-        container's pid 1, the keeper (sandbox/container.py); None where it cannot be seen."""
+        container's pid 1, the keeper (sandbox/jail/container.py); None where it cannot be seen."""
         try:
             self.container.reload()
             keeper = int(self.container.attrs["State"]["Pid"])
@@ -227,7 +228,7 @@ class DockerSandbox:
         try:
             container = self.client.containers.run(
                 self.docker_cfg.image,
-                [sys.executable, "-m", "sandbox.container", f"{SOCKDIR}/kw.sock", *self.cfg.warm_modules],
+                [sys.executable, "-m", "sandbox.jail.container", f"{SOCKDIR}/kw.sock", *self.cfg.warm_modules],
                 detach=True, name=f"kw-{self.run_id}-{name}", labels={LABEL: self.run_id},
                 environment=self._env(), working_dir=WORKDIR, user=f"{os.getuid()}:{os.getgid()}",
                 network_mode="none", read_only=True, volumes=self._mounts(hostdir),

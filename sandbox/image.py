@@ -49,7 +49,7 @@ _SO = re.compile(r"\.so(\.[0-9.]+)?$")
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
     roots: tuple[str, ...] = ("torch", "numpy")  # distributions whose requirement closure goes in
-    modules: tuple[str, ...] = ("torch", "evaluator.probe", "sandbox.container", "?triton")  # and what these load
+    modules: tuple[str, ...] = ("torch", "evaluator.jail.probe", "sandbox.jail.container", "?triton")  # and what these load
     tools: tuple[str, ...] = ("sh", "sleep", "cat", "ls", "env")
     skip: tuple[str, ...] = ()  # distributions left out even so (e.g. triton on a CPU-only machine)
     repository: str = REPOSITORY

@@ -23,11 +23,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from sandbox import binscreen, buildscreen, extension, protocol, stamped
 from sandbox import cpus as placement
 from sandbox import env as envmod
+from sandbox import extension
 from sandbox.compiler import BuildResult, CompilerConfig, CompileSpec, build
 from sandbox.limits import Cgroup, total_memory
+from sandbox.worker import Worker, WorkerDied, WorkerTimeout
 
 _log = logging.getLogger(__name__)
 
@@ -44,8 +45,8 @@ class SandboxConfig:
     device: str = "cpu"
     compile_timeout_s: float = 120.0
     extension_timeout_s: float = 600.0  # a load_inline build: tens of seconds on an idle machine, more with CUDA
-    handler: str = "evaluator.probe:Probe"
-    warm_modules: tuple[str, ...] = ("torch", "evaluator.probe", "?triton")  # "?": if installed
+    handler: str = "evaluator.jail.probe:Probe"
+    warm_modules: tuple[str, ...] = ("torch", "evaluator.jail.probe", "?triton")  # "?": if installed
     timing_cpus: tuple[int, ...] = ()  # sandbox/cpus.py: cores kept for timing phases; () none
 
     @classmethod
@@ -80,26 +81,6 @@ class SandboxConfig:
 SHARED_CACHES = ("torch_ext", "triton", "inductor")
 
 
-class WorkerDied(RuntimeError):
-    """The worker is gone (crash, kill, exit) before answering."""
-
-
-class WorkerTimeout(RuntimeError):
-    pass
-
-
-class WorkerError(RuntimeError):
-    """The worker answered with an error (an exception in candidate or task code)."""
-
-    def __init__(self, meta: dict[str, Any]):
-        super().__init__(str(meta.get("message", "error")))
-        self.meta = meta
-
-    @property
-    def error_class(self) -> str:
-        return str(self.meta.get("class", "runtime_error"))
-
-
 class ForkedProcess:
     """What a Worker needs to know about the process behind its socket, for a fork-server worker:
     the exit status from its pid-1 parent, its cgroup, its log file. Other sandboxes (sandbox/
@@ -127,7 +108,7 @@ class ForkedProcess:
 
     def worker_pid(self) -> int | None:
         """The worker's pid as this process sees it: the keeper's grandchild (keeper -> pid 1 of
-        the namespace -> worker, sandbox/zygote.py); None once it is gone."""
+        the namespace -> worker, sandbox/jail/forkserver.py); None once it is gone."""
         pid = self.pid
         for _ in range(2):
             try:
@@ -177,149 +158,6 @@ class ForkedProcess:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-class Worker:
-    def __init__(self, sandbox: Any, sock: socket.socket, proc: Any):
-        """`sandbox` builds kernels (`.build(spec)`); `proc` is a ForkedProcess or the like."""
-        self.sandbox, self.sock, self.proc = sandbox, sock, proc
-        self.builds: list[BuildResult] = []
-        self.notes: list[str] = []
-        self.arch_override: str | None = None  # compile-only: build CUDA for this target
-        self._closed = False
-        self._reader: Any = "unset"  # sandbox/stamped.py's reader, once built
-
-    def proc_cpu_seconds(self) -> float | None:
-        """CPU time of everything the worker runs, from outside it; None where not measurable."""
-        fn = getattr(self.proc, "cpu_seconds", None)
-        return fn() if fn else None
-
-    # --- messages ---
-    def call(self, kind: str, meta: dict[str, Any] | None = None, tensors: list[Any] | tuple = (),
-             deadline: float | None = None) -> tuple[str, dict[str, Any], list[Any]]:
-        """Send a request and wait for its answer, serving build requests meanwhile."""
-        try:
-            protocol.send(self.sock, kind, meta, tensors)
-        except OSError:
-            raise WorkerDied(self.describe_exit()) from None
-        return self.receive(deadline)
-
-    def call_timed(self, kind: str, meta: dict[str, Any], deadline: float | None = None
-                   ) -> tuple[str, dict[str, Any], list[Any], float]:
-        """call, and the round trip in ms by the supervisor's clock: read just before the request
-        goes out and, in C without the GIL (sandbox/stamped.py), when the answer is in; a busy
-        supervisor (other evaluations' threads) adds nothing to it."""
-        if self._reader == "unset":
-            self._reader = stamped.reader(self.sandbox)
-            self._buf = stamped.buffer(protocol.MAX_HEADER) if self._reader is not None else None
-        t0 = time.monotonic_ns()
-        try:
-            protocol.send(self.sock, kind, meta)
-        except OSError:
-            raise WorkerDied(self.describe_exit()) from None
-        stamp: list[int] = []
-        rkind, rmeta, rtensors = self.receive(deadline, stamp)
-        return rkind, rmeta, rtensors, (stamp[0] - t0) / 1e6
-
-    def receive(self, deadline: float | None, stamp: list[int] | None = None) -> tuple[str, dict[str, Any], list[Any]]:
-        while True:
-            try:
-                if stamp is None:
-                    kind, meta, tensors = protocol.recv(self.sock, deadline)
-                else:
-                    kind, meta, tensors, at = protocol.recv_stamped(self.sock, deadline, self._reader, self._buf)
-                    stamp[:] = [at]
-            except protocol.Deadline:
-                raise WorkerTimeout("no answer before the deadline") from None
-            except protocol.PeerClosed:
-                raise WorkerDied(self.describe_exit()) from None
-            except (protocol.ProtocolError, OSError) as e:
-                raise WorkerDied(f"protocol violation: {e}") from None
-            if kind == "compile":
-                self._serve_build(meta)
-                continue
-            if kind == "compile_extension":
-                self._serve_extension(meta)
-                continue
-            if kind == "error":
-                raise WorkerError(meta)
-            return kind, meta, tensors
-
-    def _serve_build(self, meta: dict[str, Any]) -> None:
-        try:
-            spec = CompileSpec(source=str(meta["source"]), lang=str(meta["lang"]),
-                               flags=tuple(str(f) for f in meta.get("flags", [])),
-                               defines=tuple((str(k), str(v)) for k, v in meta.get("defines", [])),
-                               arch=meta.get("arch"), output=str(meta.get("output", "shared")))
-            if self.arch_override and spec.lang == "cuda":
-                spec = dataclasses.replace(spec, arch=self.arch_override)
-            why = buildscreen.flag_problem(spec.flags) or buildscreen.source_problem(spec.source)
-            if why:  # the compiler runs here, outside the jail: it must not read this machine's files
-                result = BuildResult(False, "", why, 0.0, False, "")
-            else:  # a library that fails the binary screen is never handed to the worker
-                result = binscreen.screen_build(spec, self.sandbox.build(spec))
-        except (KeyError, TypeError, ValueError) as e:
-            result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
-        self._answer(result)
-
-    def _serve_extension(self, meta: dict[str, Any]) -> None:
-        """A load_inline build: compiled here (never loaded here), loaded by the worker from the
-        path it is given; recorded in `builds` like a fast-path build (its log for a compile
-        error, its path for coverage)."""
-        try:
-            spec = extension.ExtensionSpec.from_meta(meta)
-            why = buildscreen.flag_problem(spec.flags()) or buildscreen.source_problem(*spec.cpp_sources,
-                                                                                        *spec.cuda_sources)
-            if why:
-                result = BuildResult(False, "", why, 0.0, False, "")
-            else:
-                builder = getattr(self.sandbox, "build_extension", None)
-                result = builder(spec) if builder else extension.build(spec, self.sandbox.cfg.extensions)
-        except (KeyError, TypeError, ValueError) as e:
-            result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
-        self._answer(result)
-
-    def _answer(self, result: BuildResult) -> None:
-        self.builds.append(result)
-        try:
-            protocol.send(self.sock, "compiled", dataclasses.asdict(result))
-        except OSError:
-            pass
-
-    # --- end of life ---
-    def wait_status(self, timeout: float = 2.0) -> int | None:
-        """The worker's wait status as its pid-1 parent saw it (None if unknown yet)."""
-        return self.proc.wait_status(timeout)
-
-    def describe_exit(self) -> str:
-        status = self.wait_status()
-        if status is None:
-            return "the worker died"
-        if os.WIFSIGNALED(status):
-            sig = os.WTERMSIG(status)
-            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
-            extra = " (memory limit)" if self.proc.memory_exceeded() else ""
-            return f"the worker was killed by {name}{extra}"
-        return f"the worker exited with code {os.WEXITSTATUS(status)} before answering"
-
-    def log_tail(self, limit: int = 4000) -> str:
-        return self.proc.log_tail(limit)
-
-    def kill(self) -> None:
-        self.proc.kill()
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            protocol.send(self.sock, "bye")
-        except OSError:
-            pass
-        self.wait_status(timeout=0.5)
-        self.kill()
-        self.sock.close()
-        self.proc.release()
-
-
 class ProcessSandbox:
     """Starts workers as forks of one warm fork server; one per supervisor process."""
 
@@ -356,7 +194,7 @@ class ProcessSandbox:
         zlog = open(self.run_dir / "forkserver.log", "ab")
         env["PYTHONPATH"] = os.pathsep.join(p for p in [_project_root(), env.get("PYTHONPATH", "")] if p)
         self._zygote = subprocess.Popen(
-            [sys.executable, "-m", "sandbox.zygote", str(theirs.fileno()), *self.cfg.warm_modules],
+            [sys.executable, "-m", "sandbox.jail.forkserver", str(theirs.fileno()), *self.cfg.warm_modules],
             pass_fds=[theirs.fileno()], env=env, start_new_session=True, cwd=str(self.run_dir),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=zlog)
         theirs.close()

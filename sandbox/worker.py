@@ -1,90 +1,183 @@
-"""The worker's request loop: the supervisor asks, a handler object answers.
-
-Runs inside the sandbox, next to untrusted code. It only reports raw data; the supervisor
-decides what any of it means. Builds requested by the fast path and by load_inline are
-forwarded to the supervisor, which compiles them outside the sandbox and owns the cache.
+"""A worker, as the supervisor sees it: requests out, answers in, build requests served on the
+way, and how it ended, read from where the worker cannot forge it (its parent's wait status,
+the cgroup). The loop that answers on the worker's side is sandbox/jail/loop.py; both sandboxes
+(sandbox/process.py, sandbox/docker.py) hand out Workers.
 """
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import os
+import signal
 import socket
-import traceback
+import time
 from typing import Any
 
-from sandbox import fastpath, protocol
+from sandbox import binscreen, buildscreen, extension, protocol, stamped
 from sandbox.compiler import BuildResult, CompileSpec
-from sandbox.extension import ExtensionSpec
-
-MAX_TRACE = 8000
 
 
-class CompileFailure(Exception):
-    """A kernel build failed; carries the compiler's log."""
-
-    def __init__(self, log: str):
-        super().__init__(log)
-        self.log = log
+class WorkerDied(RuntimeError):
+    """The worker is gone (crash, kill, exit) before answering."""
 
 
-class Rpc:
-    """Requests from the worker to the supervisor (only builds, for now: fast-path libraries and
-    load_inline's extensions)."""
-
-    def __init__(self, sock: socket.socket):
-        self.sock = sock
-
-    def build(self, spec: CompileSpec) -> BuildResult:
-        protocol.send(self.sock, "compile", {
-            "source": spec.source, "lang": spec.lang, "flags": list(spec.flags),
-            "defines": [list(d) for d in spec.defines], "arch": spec.arch, "output": spec.output,
-        })
-        return self._result()
-
-    def build_extension(self, spec: ExtensionSpec) -> BuildResult:
-        """A load_inline extension (sandbox/extension.py), built by the supervisor."""
-        protocol.send(self.sock, "compile_extension", spec.to_meta())
-        return self._result()
-
-    def _result(self) -> BuildResult:
-        kind, meta, _ = protocol.recv(self.sock)
-        if kind != "compiled":
-            raise protocol.ProtocolError(f"expected a build result, got {kind!r}")
-        return BuildResult(bool(meta["ok"]), str(meta["path"]), str(meta["log"]),
-                           float(meta["seconds"]), bool(meta["cached"]), str(meta["key"]))
+class WorkerTimeout(RuntimeError):
+    pass
 
 
-def _error_meta(e: BaseException) -> dict[str, Any]:
-    trace = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    if len(trace) > MAX_TRACE:
-        trace = trace[:MAX_TRACE // 2] + "\n[...]\n" + trace[-MAX_TRACE // 2:]
-    kind = "compile_error" if isinstance(e, (CompileFailure, fastpath.CompileError)) else "runtime_error"
-    message = f"{type(e).__name__}: {e}".strip()
-    log = getattr(e, "log", "")
-    return {"class": kind, "type": type(e).__name__, "message": message[:2000], "traceback": trace,
-            "log": log[-MAX_TRACE:] if isinstance(log, str) else ""}
+class WorkerError(RuntimeError):
+    """The worker answered with an error (an exception in candidate or task code)."""
+
+    def __init__(self, meta: dict[str, Any]):
+        super().__init__(str(meta.get("message", "error")))
+        self.meta = meta
+
+    @property
+    def error_class(self) -> str:
+        return str(self.meta.get("class", "runtime_error"))
 
 
-def serve(sock: socket.socket, req: dict[str, Any], notes: list[str]) -> None:
-    module, _, cls = req["handler"].partition(":")
-    rpc = Rpc(sock)
-    fastpath.set_builder(rpc.build)
-    handler = getattr(importlib.import_module(module), cls)(rpc, req.get("handler_args", {}))
-    protocol.send(sock, "hello", {"pid": os.getpid(), "notes": notes})
-    while True:
+class Worker:
+    def __init__(self, sandbox: Any, sock: socket.socket, proc: Any):
+        """`sandbox` builds kernels (`.build(spec)`); `proc` is a ForkedProcess or the like."""
+        self.sandbox, self.sock, self.proc = sandbox, sock, proc
+        self.builds: list[BuildResult] = []
+        self.notes: list[str] = []
+        self.arch_override: str | None = None  # compile-only: build CUDA for this target
+        self._closed = False
+        self._reader: Any = "unset"  # sandbox/stamped.py's reader, once built
+
+    def proc_cpu_seconds(self) -> float | None:
+        """CPU time of everything the worker runs, from outside it; None where not measurable."""
+        fn = getattr(self.proc, "cpu_seconds", None)
+        return fn() if fn else None
+
+    # --- messages ---
+    def call(self, kind: str, meta: dict[str, Any] | None = None, tensors: list[Any] | tuple = (),
+             deadline: float | None = None) -> tuple[str, dict[str, Any], list[Any]]:
+        """Send a request and wait for its answer, serving build requests meanwhile."""
         try:
-            kind, meta, tensors = protocol.recv(sock)
-        except (protocol.PeerClosed, OSError):
-            return
-        if kind == "bye":
-            return
-        method = getattr(handler, f"do_{kind}", None)
-        if method is None:
-            protocol.send(sock, "error", {"class": "protocol", "message": f"unknown request {kind!r}"})
-            continue
+            protocol.send(self.sock, kind, meta, tensors)
+        except OSError:
+            raise WorkerDied(self.describe_exit()) from None
+        return self.receive(deadline)
+
+    def call_timed(self, kind: str, meta: dict[str, Any], deadline: float | None = None
+                   ) -> tuple[str, dict[str, Any], list[Any], float]:
+        """call, and the round trip in ms by the supervisor's clock: read just before the request
+        goes out and, in C without the GIL (sandbox/stamped.py), when the answer is in; a busy
+        supervisor (other evaluations' threads) adds nothing to it."""
+        if self._reader == "unset":
+            self._reader = stamped.reader(self.sandbox)
+            self._buf = stamped.buffer(protocol.MAX_HEADER) if self._reader is not None else None
+        t0 = time.monotonic_ns()
         try:
-            rkind, rmeta, rtensors = method(meta, tensors)
-        except BaseException as e:  # noqa: BLE001 - candidate code may raise anything, SystemExit too
-            protocol.send(sock, "error", _error_meta(e))
-            continue
-        protocol.send(sock, rkind, rmeta, rtensors)
+            protocol.send(self.sock, kind, meta)
+        except OSError:
+            raise WorkerDied(self.describe_exit()) from None
+        stamp: list[int] = []
+        rkind, rmeta, rtensors = self.receive(deadline, stamp)
+        return rkind, rmeta, rtensors, (stamp[0] - t0) / 1e6
+
+    def receive(self, deadline: float | None, stamp: list[int] | None = None) -> tuple[str, dict[str, Any], list[Any]]:
+        while True:
+            try:
+                if stamp is None:
+                    kind, meta, tensors = protocol.recv(self.sock, deadline)
+                else:
+                    kind, meta, tensors, at = protocol.recv_stamped(self.sock, deadline, self._reader, self._buf)
+                    stamp[:] = [at]
+            except protocol.Deadline:
+                raise WorkerTimeout("no answer before the deadline") from None
+            except protocol.PeerClosed:
+                raise WorkerDied(self.describe_exit()) from None
+            except (protocol.ProtocolError, OSError) as e:
+                raise WorkerDied(f"protocol violation: {e}") from None
+            if kind in ("compile", "compile_extension"):  # builds are done here, outside the jail
+                self._answer(build_fast_path(self.sandbox, meta, self.arch_override) if kind == "compile"
+                             else build_extension(self.sandbox, meta))
+                continue
+            if kind == "error":
+                raise WorkerError(meta)
+            return kind, meta, tensors
+
+    def _answer(self, result: BuildResult) -> None:
+        self.builds.append(result)
+        try:
+            protocol.send(self.sock, "compiled", dataclasses.asdict(result))
+        except OSError:
+            pass
+
+    # --- end of life ---
+    def wait_status(self, timeout: float = 2.0) -> int | None:
+        """The worker's wait status as its pid-1 parent saw it (None if unknown yet)."""
+        return self.proc.wait_status(timeout)
+
+    def describe_exit(self) -> str:
+        status = self.wait_status()
+        if status is None:
+            return "the worker died"
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+            extra = " (memory limit)" if self.proc.memory_exceeded() else ""
+            return f"the worker was killed by {name}{extra}"
+        return f"the worker exited with code {os.WEXITSTATUS(status)} before answering"
+
+    def log_tail(self, limit: int = 4000) -> str:
+        return self.proc.log_tail(limit)
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            protocol.send(self.sock, "bye")
+        except OSError:
+            pass
+        self.wait_status(timeout=0.5)
+        self.kill()
+        self.sock.close()
+        self.proc.release()
+
+
+# --- build requests: compiled here, outside the jail, never loaded here ---------------------------
+
+def build_fast_path(sandbox: Any, meta: dict[str, Any], arch_override: str | None = None) -> BuildResult:
+    """A fast-path build request (sandbox/fastpath.py): screened, compiled, binary-screened."""
+    try:
+        spec = CompileSpec(source=str(meta["source"]), lang=str(meta["lang"]),
+                           flags=tuple(str(f) for f in meta.get("flags", [])),
+                           defines=tuple((str(k), str(v)) for k, v in meta.get("defines", [])),
+                           arch=meta.get("arch"), output=str(meta.get("output", "shared")))
+        if arch_override and spec.lang == "cuda":
+            spec = dataclasses.replace(spec, arch=arch_override)
+        why = buildscreen.flag_problem(spec.flags) or buildscreen.source_problem(spec.source)
+        if why:  # the compiler runs here, outside the jail: it must not read this machine's files
+            result = BuildResult(False, "", why, 0.0, False, "")
+        else:  # a library that fails the binary screen is never handed to the worker
+            result = binscreen.screen_build(spec, sandbox.build(spec))
+    except (KeyError, TypeError, ValueError) as e:
+        result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
+    return result
+
+
+def build_extension(sandbox: Any, meta: dict[str, Any]) -> BuildResult:
+    """A load_inline build: compiled here (never loaded here), loaded by the worker from the
+    path it is given; the Worker records it in `builds` like a fast-path build (its log for a
+    compile error, its path for coverage)."""
+    try:
+        spec = extension.ExtensionSpec.from_meta(meta)
+        why = buildscreen.flag_problem(spec.flags()) or buildscreen.source_problem(*spec.cpp_sources,
+                                                                                    *spec.cuda_sources)
+        if why:
+            result = BuildResult(False, "", why, 0.0, False, "")
+        else:
+            builder = getattr(sandbox, "build_extension", None)
+            result = builder(spec) if builder else extension.build(spec, sandbox.cfg.extensions)
+    except (KeyError, TypeError, ValueError) as e:
+        result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
+    return result
+

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import knobs
+from agent.loop import knobs
 from evaluator import gpu_ceilings
 from evaluator.cascade import EvalConfig, Evaluator, TimingConfig
 from evaluator.ceilings import CeilingError

@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.e2e import E2EConfig, load_package, run
-from agent.e2e_model import TransformerConfig
-from agent.export import ExportConfig, ExportError, export
+from agent.outputs.e2e import E2EConfig, load_package, run
+from agent.outputs.e2e_model import TransformerConfig
+from agent.outputs.export import ExportConfig, ExportError, export
 from evaluator.cascade import EvalConfig, Evaluator, TimingConfig
 from sandbox.process import ProcessSandbox, SandboxConfig
 from store import Store

@@ -255,7 +255,7 @@ def m005_peak_fraction(conn: Connection) -> None:
 def m006_policies_and_claims(conn: Connection) -> None:
     """Per evaluation the policy it was judged under (evaluator/rules.py; NULL in older rows:
     strict, the only policy there was) and the PyTorch compute ops its forward ran (JSON list);
-    and the claims an imported candidate came with (agent/importers.py), kept beside the
+    and the claims an imported candidate came with (agent/loop/importers.py), kept beside the
     measured figures."""
     for name, kind in (("policy", String()), ("torch_ops", Text())):
         conn.execute(text(f"ALTER TABLE evaluations ADD COLUMN {name} {kind.compile(dialect=conn.dialect)}"))

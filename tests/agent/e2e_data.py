@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent import cli_review  # noqa: F401 - registers `export`
-from agent.app import app
+from agent.cli import review as cli_review  # noqa: F401 - registers `export`
+from agent.cli.typer_app import app
 from evaluator.cascade import EvalConfig, Evaluator
 from store import Store
 from tasks.spec import load_task
@@ -66,7 +66,7 @@ def loaded_package(sandbox, tmp_path_factory: pytest.TempPathFactory):
     """The exported package, imported into this process (its builds in a temporary cache)."""
     import os
 
-    from agent.e2e import load_package
+    from agent.outputs.e2e import load_package
 
     os.environ.setdefault(f"{PACKAGE.upper()}_CACHE", str(tmp_path_factory.mktemp("package-cache")))
     return load_package(exported_package(sandbox, tmp_path_factory))

@@ -33,7 +33,7 @@ class ModelNew(nn.Module):
 
 
 def reference_of(prompt: str) -> str:
-    """The task file a prompt shows verbatim (agent/prompts.py's Reference section)."""
+    """The task file a prompt shows verbatim (agent/loop/prompts.py's Reference section)."""
     m = re.search(r"## Reference \(the task file, verbatim\)\n(`{3,})python\n(.*?)\n\1", prompt, re.DOTALL)
     assert m, "no reference in the prompt"
     return m.group(2)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.llm import LLMClient, LLMConfig
-from agent.optimize import OptimizeConfig, Optimizer
+from agent.loop.llm import LLMClient, LLMConfig
+from agent.loop.optimize import OptimizeConfig, Optimizer
 from store import Store
 from tasks.spec import load_task
 from tests.agent.fake_openai import FakeOpenAI, ok

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from agent.runspec import RunSpec, SpecError, resume_hint, shown_url
 from store import Store
 from tests.agent.fake_openai import ok
-from tests.agent.test_optimize import _kw, fenced, kill_after
+from tests.agent.loop.test_optimize import _kw, fenced, kill_after
 from tests.data.candidates import scale
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -56,8 +56,8 @@ def test_urls_shown_never_carry_a_password():
 def test_resume_reads_the_sandbox_and_image_back(command, tmp_path, monkeypatch):
     """A stored run on an image this machine does not have: resuming it must look that image up
     (and fail, in one line), not fall back to the process sandbox of today's defaults."""
-    from agent import cli_batch, cli_optimize  # noqa: F401 - registers the commands
-    from agent.app import app
+    from agent.cli import batch as cli_batch  # noqa: F401 - registers the commands
+    from agent.cli.typer_app import app
 
     monkeypatch.delenv("KERNELWRIGHT_DEBUG", raising=False)
     db = tmp_path / "kw.db"

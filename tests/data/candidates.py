@@ -98,7 +98,7 @@ class ModelNew(nn.Module):
 
 # stands in for native code that took over the worker's clock: its per-call claims cut 20x
 FORGED_CLAIMS = '''import sys
-_probe = sys.modules["evaluator.probe"]
+_probe = sys.modules["evaluator.jail.probe"]
 _real = _probe.Probe.do_go
 def _fake(self, meta, tensors):
     kind, out, t = _real(self, meta, tensors)

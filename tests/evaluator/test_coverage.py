@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="perf sampling of anot
 # what the issue's native attack did from C++ through the interpreter's own symbols: the
 # recorder records nothing, and a launch is counted for every forward
 SILENCED = '''import sys
-_probe = sys.modules["evaluator.probe"]
+_probe = sys.modules["evaluator.jail.probe"]
 _fp = sys.modules["sandbox.fastpath"]
 _probe.OpRecorder.__torch_dispatch__ = lambda self, func, types, args=(), kwargs=None: func(*args, **(kwargs or {}))
 _real_launches = _fp.launches

@@ -30,7 +30,7 @@ extern "C" void noop(float* out) { (void)out; }
 PAYLOADS = {  # C string literals, run by the interpreter inside the worker
     # the op recorder sees nothing, so torch.softmax in forward passes for a kernel
     "recorder": r'"import sys\n'
-                r'rec = sys.modules[\"evaluator.instruments\"].OpRecorder\n'
+                r'rec = sys.modules[\"evaluator.jail.instruments\"].OpRecorder\n'
                 r'rec.__torch_dispatch__ = lambda self, func, types, args=(), kwargs=None: func(*args, **(kwargs or {}))\n"',
     # the same route slows the harness's clock
     "clock": r'"import time\n_pc = time.perf_counter\ntime.perf_counter = lambda: _pc() * 0.25\n"',

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import prompts
-from agent.reward import reward
+from agent.loop import prompts
+from agent.loop.reward import reward
 from evaluator.cascade import EvalConfig, Evaluator
 from evaluator.rules import POLICIES, lazy, policy, prompt_rules, screened
 from evaluator.static import screen

@@ -14,7 +14,7 @@ from tests.conftest import FAST_TIMING
 from tests.data.candidates import FAST, slow
 
 SLOWED_CLOCK = '''import sys
-_probe = sys.modules["evaluator.probe"]
+_probe = sys.modules["evaluator.jail.probe"]
 _real_clock = _probe._clock_ns
 _probe._clock_ns = lambda: int(_real_clock() / 1.3)
 '''
@@ -38,7 +38,7 @@ def test_a_slowed_worker_clock_does_not_move_the_figure(loose_evaluator, small_t
 
 def test_a_round_that_reports_fewer_calls_is_a_protocol_violation(loose_evaluator, small_task):
     prelude = '''import sys
-_probe = sys.modules["evaluator.probe"]
+_probe = sys.modules["evaluator.jail.probe"]
 _real = _probe.Probe.do_go
 def _fake(self, meta, tensors):
     self.staged = self.staged[:1]  # do one call of the round, claim the round

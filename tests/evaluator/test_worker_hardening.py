@@ -1,5 +1,5 @@
 """Native code in a real sandboxed worker, making raw syscalls (inline asm: no libc symbol a
-binary screen could see), must get nowhere: sandbox/seccomp.py denies them after the import.
+binary screen could see), must get nowhere: sandbox/jail/seccomp.py denies them after the import.
 
 The attack kernel reports what each syscall returned and computes the honest softmax only if
 every attack failed with EPERM; if any succeeded (or was not even attempted) it writes zeros.

@@ -14,7 +14,7 @@ from evaluator.cascade import EvalConfig, Evaluator, TimingConfig
 from evaluator.devicelock import DeviceLock
 from evaluator.rules import Policy
 from sandbox import cpus
-from sandbox.compiler import _run
+from sandbox.compiler import run_compiler
 from sandbox.process import ProcessSandbox, SandboxConfig
 from tests.data.candidates import HEADER
 
@@ -54,17 +54,17 @@ def test_compilers_leave_the_timing_cores_for_a_timing_phase(tmp_path):
     lender = cpus.Lender(cpus.partition("auto", "cpu"))
     show = [sys.executable, "-c", "import os, time; time.sleep(float(os.environ.get('W', 0))); "
             "print(sorted(os.sched_getaffinity(0)))"]
-    assert _run(show, tmp_path, 30, 1000) == (0, f"{sorted(lender.all)}\n")  # no phase: every core
+    assert run_compiler(show, tmp_path, 30, 1000) == (0, f"{sorted(lender.all)}\n")  # no phase: every core
     lender.confine(True)
     try:
-        assert _run(show, tmp_path, 30, 1000) == (0, f"{sorted(lender.rest)}\n")  # started during a phase
+        assert run_compiler(show, tmp_path, 30, 1000) == (0, f"{sorted(lender.rest)}\n")  # started during a phase
     finally:
         lender.confine(False)
     # one already running when a phase begins is moved too
     got: list = []
     os.environ["W"] = "1.0"
     try:
-        t = threading.Thread(target=lambda: got.append(_run(show, tmp_path, 30, 1000)))
+        t = threading.Thread(target=lambda: got.append(run_compiler(show, tmp_path, 30, 1000)))
         t.start()
         time.sleep(0.4)
         lender.confine(True)

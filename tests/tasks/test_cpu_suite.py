@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agent import knobs
+from agent.loop import knobs
 from evaluator.cascade import EvalConfig, Evaluator
 from evaluator.inputs import make_init_inputs, make_inputs
 from evaluator.verdict import Status

@@ -60,12 +60,12 @@ def _import(path: Path, name: str):
     return module
 
 
-# --- knob spaces (agent.knobs when present, else a small reader of the same format) --------
+# --- knob spaces (agent.loop.knobs when present, else a small reader of the same format) --------
 
 def _space(source: str) -> tuple[list[dict], dict]:
     """(every valid configuration, the default configuration) of a seed's knobs."""
     try:
-        from agent.knobs import current, read_space
+        from agent.loop.knobs import current, read_space
     except ImportError:
         return _space_by_ast(source)
     space = read_space(source)
@@ -96,7 +96,7 @@ def _space_by_ast(source: str) -> tuple[list[dict], dict]:
 
 def _with_config(source: str, config: dict) -> str:
     try:
-        from agent.knobs import instantiate
+        from agent.loop.knobs import instantiate
     except ImportError:
         tree, lines = ast.parse(source), source.splitlines(keepends=True)
         for node in reversed(tree.body):

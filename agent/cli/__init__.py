@@ -1,0 +1,21 @@
+"""The typer CLI, one module per command group. Importing the package registers every command
+on `app`; `main` is the `kernelwright` entry point. Only this layer reads settings and prints."""
+from __future__ import annotations
+
+from agent.cli import (
+    batch,
+    device,
+    e2e,
+    evaluate,
+    imports,
+    optimize,
+    review,
+    sandbox,
+)
+from agent.cli.typer_app import app
+
+__all__ = ["app", "batch", "device", "e2e", "evaluate", "imports", "main", "optimize", "review", "sandbox"]
+
+
+def main() -> None:
+    app()

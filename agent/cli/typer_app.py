@@ -1,0 +1,110 @@
+"""The typer application and what its commands share; commands live in agent/cli/*.py."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from agent.runtime import UserError, cli_errors
+
+app = typer.Typer(help="kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+tasks_app = typer.Typer(help="List and check tasks.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+console = Console()
+err_console = Console(stderr=True)
+
+DbOpt = typer.Option(None, "--db", help="Store: SQLite path or SQLAlchemy URL [env KERNELWRIGHT_DB; default kernelwright.db]")
+DeviceOpt = typer.Option("cpu", "--device", help="cpu or cuda")
+TimeoutOpt = typer.Option(None, "--timeout", help="Seconds per candidate [env KERNELWRIGHT_TIMEOUT; default 120]")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON object")
+PolicyOpt = typer.Option("strict", "--policy", help="Whose code may compute: strict (only the candidate's kernels), "
+                         "kernelbench (PyTorch ops beside at least one custom kernel) or library (vendor libraries too)")
+
+# the search options `optimize` and `batch` share
+KernelBenchOpt = typer.Option(None, "--kernelbench", help="A local KernelBench checkout, for --suite kernelbench "
+                              "(current or v0 layout) [env KERNELWRIGHT_KERNELBENCH]")
+LevelOpt = typer.Option(None, "--level", help="--suite kernelbench: only this level (repeatable)")
+TaskIdOpt = typer.Option(None, "--task-id", help="--suite kernelbench: only this problem id (repeatable)")
+ScaleOpt = typer.Option(1.0, "--scale", help="--suite kernelbench: shrink the tasks' size constants by this factor "
+                        "(0 < F <= 1; recorded with each task)")
+SuiteOpt = typer.Option(None, "--suite", help="Built-in suite (default: cpu, when no --task)")
+StrategyOpt = typer.Option("evolve", "--strategy", help="best-of-n | evolve | refine")
+BudgetOpt = typer.Option(10, "--budget", help="Candidates evaluated per task")
+ModelOpt = typer.Option(None, "--model", help="LLM model [env KERNELWRIGHT_MODEL]; none: the tuner")
+BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [env OPENAI_BASE_URL]")
+TunerOpt = typer.Option("pattern", "--tuner", help="Knob search: pattern | local | random | exhaustive | evolutionary")
+TuneFractionOpt = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning")
+SeedOpt = typer.Option(0, "--seed", help="Seed of the search's own choices")
+ConfirmOpt = typer.Option(2, "--confirm", help="After each task's budget: up to this many re-measurements of its "
+                          "leader, until it has been measured twice (0: off)")
+
+
+@app.callback()
+@cli_errors
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Say what the loop, the evaluator and the "
+                                      "sandbox are doing, on stderr [env KERNELWRIGHT_LOG=debug]")) -> None:
+    """kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation."""
+    from agent import settings
+    from agent.cli import logs
+
+    try:
+        level = "debug" if verbose else settings.read()["log"]
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if level != "warning":
+        logs.configure(level)
+
+
+def check_search(strategy: str, tuner: str) -> None:
+    """The strategy and tuner names, before any work."""
+    from agent.loop.strategies import STRATEGIES
+    from agent.loop.tuner import STRATEGIES as TUNERS
+
+    if strategy not in STRATEGIES:
+        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
+    if tuner not in TUNERS:
+        raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
+
+
+def suite_fields(suite: str | None, tasks: list[str] | None, kernelbench: str | None, level: list[int] | None,
+                 task_id: list[int] | None, scale: float, policy: str) -> dict[str, Any]:
+    """The RunSpec fields that say which tasks, under which policy (optimize and batch share them)."""
+    from agent import settings
+
+    root = kernelbench or settings.read()["kernelbench"] or None
+    if (level or task_id or scale != 1.0) and suite != "kernelbench":
+        raise UserError("--level, --task-id and --scale need --suite kernelbench")
+    return {"suite": suite if suite or tasks else "cpu", "tasks": tuple(str(t) for t in tasks or ()),
+            "policy": policy, "kernelbench": str(Path(root).expanduser().resolve()) if root else None,
+            "levels": tuple(level or ()), "task_ids": tuple(task_id or ()), "scale": scale}
+
+
+def check_policy(name: str) -> Any:
+    """The named evaluation policy (evaluator/rules.py), before any work."""
+    from evaluator.rules import policy
+
+    try:
+        return policy(name)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def read_candidate(path: Path) -> str:
+    from evaluator.static import defines_modelnew
+
+    if not path.is_file():
+        raise UserError(f"candidate file not found: {path}")
+    try:
+        source = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
+    if not defines_modelnew(source):
+        raise UserError(f"{path} defines no class ModelNew")
+    return source
