@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from evaluator import coverage, roofline, rounds, rules, timing_checks
 from evaluator.compare import Tolerance, compare, degenerate
 from evaluator.inputs import derive_seed, make_inputs
+from evaluator.messages import CoresRequest, Empty, InitRequest, LoadRequest, RunRequest, checked, checked_timed
 from evaluator.reference import ReferenceSession, decode_outputs, encode_args, timing_from_rounds
 from evaluator.verdict import Status, Timing, Trial
 from sandbox import cpus
@@ -60,8 +62,8 @@ class CandidateRun:
         self.peak: dict[str, Any] = {}  # the Verdict's peak_fraction, bound, reference_peak_fraction
         self._variant: Any = "unset"
 
-    def call(self, kind: str, meta: dict[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
-        return self.w.call(kind, meta, tensors, deadline=self.deadline)
+    def call(self, kind: str, meta: Mapping[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
+        return checked(kind, self.w.call(kind, meta, tensors, deadline=self.deadline))
 
     def go(self, slow_ms: float | None) -> None:
         """Compile and checks share the device with other candidates' compiles and checks;
@@ -126,7 +128,7 @@ class CandidateRun:
         _, hello, _ = self.w.receive(self.deadline)
         self.w.notes = [str(n) for n in hello.get("notes", [])][:10]
         try:
-            _, loaded, _ = self.call("load", {"candidate": True, "input_devices": list(self.task.meta.input_devices)})
+            _, loaded, _ = self.call("load", LoadRequest(candidate=True, input_devices=list(self.task.meta.input_devices)))
         except WorkerError as e:
             failed = [b for b in self.w.builds if not b.ok]
             if failed or e.error_class == "compile_error":
@@ -142,12 +144,12 @@ class CandidateRun:
     def init(self, variant: dict | None) -> None:
         key = repr(variant)
         if self._variant != key:
-            self.call("init", {"variant": variant, "seed": self.init_seed})
+            self.call("init", InitRequest(variant=variant, seed=self.init_seed))
             self._variant = key
 
     def checked_run(self, args: list[Any], name: str) -> Any:
         tree, tensors = encode_args(args)
-        _, meta, out = self.call("run", {"inputs": tree, "checks": True}, tensors)
+        _, meta, out = self.call("run", RunRequest(inputs=tree, checks=True), tensors)
         try:
             got, after = decode_outputs(meta, out)
         except ProtocolError as e:
@@ -204,9 +206,9 @@ class CandidateRun:
         self.flags += [note] if note else []
         overhead = rounds.Overhead(self.ref_timing.round_overhead_ms, self.ref_timing.overhead_ms)
         self.init(None)
-        self.call("cores", {"timing": True})  # onto the timing cores for the rounds
+        self.call("cores", CoresRequest(timing=True))  # onto the timing cores for the rounds
         params = self._timed_rounds(params, overhead, slow_ms)
-        self.call("cores", {"timing": False})
+        self.call("cores", CoresRequest(timing=False))
         return params
 
     def _attribute(self, params: dict[str, Any]) -> None:
@@ -264,7 +266,7 @@ class CandidateRun:
         def call(kind: str, meta: dict[str, Any]) -> tuple[str, dict, list]:
             return self.call(kind, meta)
 
-        call.timed = lambda kind, meta: self.w.call_timed(kind, meta, deadline=self.deadline)  # type: ignore[attr-defined]
+        call.timed = lambda kind, meta: checked_timed(kind, self.w.call_timed(kind, meta, deadline=self.deadline))  # type: ignore[attr-defined]
         return call
 
     @contextlib.contextmanager
@@ -291,7 +293,7 @@ class CandidateRun:
     def validate_timed(self, params: dict[str, Any]) -> None:
         """Outputs produced during timing must be right: the last in full, every one by checksum."""
         r = self.rounds
-        _, meta, out = self.call("last", {})
+        _, meta, out = self.call("last", Empty())
         try:
             got = unpack_tree(meta["tree"], out)
         except (ProtocolError, KeyError):

@@ -22,6 +22,7 @@ from evaluator.candidate import CandidateRun, Fail
 from evaluator.ceilings import Ceilings
 from evaluator.devicelock import DeviceLock
 from evaluator.inputs import TRANSFORMS, derive_seed
+from evaluator.messages import MalformedReply
 from evaluator.reference import ReferenceFailed, ReferenceSession
 from evaluator.verdict import Status, Timing, Verdict
 from sandbox import ptxas
@@ -222,6 +223,8 @@ class Evaluator:
             status, reason = f.status, f.reason
         except WorkerTimeout:
             status, reason = Status.TIMEOUT, f"no result within the {self.cfg.timeout_s:g} s limit"
+        except MalformedReply as e:  # only a tampered probe answers out of shape
+            status, reason = Status.REJECTED, str(e)
         except WorkerDied as e:
             status, reason = Status.RUNTIME_ERROR, str(e)
         except WorkerError as e:

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from typing import Any
 
+from evaluator.messages import LoadRequest
 from sandbox import ptxas
 from sandbox.process import ProcessSandbox
 from sandbox.worker import WorkerDied, WorkerError, WorkerTimeout
@@ -35,7 +36,7 @@ def compile_candidate(sandbox: ProcessSandbox, source: str, arch: str, timeout_s
     try:
         deadline = time.monotonic() + timeout_s
         worker.receive(deadline)
-        worker.call("load", {"compile_only": True, "arch": arch}, deadline=deadline)
+        worker.call("load", LoadRequest(compile_only=True, arch=arch), deadline=deadline)
     except WorkerError as e:
         error = str(e.meta.get("message", e))
     except (WorkerDied, WorkerTimeout) as e:

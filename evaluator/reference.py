@@ -7,9 +7,21 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from evaluator import rounds
+from evaluator.messages import (
+    CoresRequest,
+    InitRequest,
+    LoadRequest,
+    MalformedReply,
+    RunRequest,
+    SeededRequest,
+    SumsRequest,
+    checked,
+    checked_timed,
+)
 from evaluator.verdict import Timing
 from sandbox.process import ProcessSandbox
 from sandbox.protocol import pack_tree, unpack_tree
@@ -44,25 +56,25 @@ class ReferenceSession:
         self._sums: dict[int, Any] = {}  # timed call index -> checksums of the reference's output
         self._lock = threading.RLock()  # one conversation with the worker at a time
 
-    def _call(self, kind: str, meta: dict[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
+    def _call(self, kind: str, meta: Mapping[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
         with self._lock:
             return self._call_locked(kind, meta, tensors)
 
-    def _call_locked(self, kind: str, meta: dict[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
+    def _call_locked(self, kind: str, meta: Mapping[str, Any], tensors: list[Any] | tuple[Any, ...] = ()) -> tuple[str, dict, list]:
         if self.worker is None:
             self.worker = self.sandbox.spawn(self.timeout_s * 4, files={"task.py": self.task.source})
             deadline = time.monotonic() + self.timeout_s
             try:
                 self.worker.receive(deadline)  # hello
-                _, loaded, _ = self.worker.call("load", {"candidate": False, "input_devices": list(
-                    self.task.meta.input_devices)}, deadline=deadline)
-            except (WorkerDied, WorkerTimeout, WorkerError) as e:
+                _, loaded, _ = checked("load", self.worker.call("load", LoadRequest(candidate=False, input_devices=list(
+                    self.task.meta.input_devices)), deadline=deadline))
+            except (WorkerDied, WorkerTimeout, WorkerError, MalformedReply) as e:
                 tail = self.worker.log_tail(1500).strip()
                 raise ReferenceFailed(f"the reference Model failed to load: {e}" + (f"\n{tail}" if tail else "")) from None
             self.device_info = loaded.get("device", {})
         try:
-            return self.worker.call(kind, meta, tensors, deadline=time.monotonic() + self.timeout_s)
-        except (WorkerDied, WorkerTimeout, WorkerError) as e:
+            return checked(kind, self.worker.call(kind, meta, tensors, deadline=time.monotonic() + self.timeout_s))
+        except (WorkerDied, WorkerTimeout, WorkerError, MalformedReply) as e:
             tail = self.worker.log_tail(800).strip()
             raise ReferenceFailed(f"the reference Model failed ({kind}): {e}" + (f"\n{tail}" if tail else "")) from None
 
@@ -74,7 +86,7 @@ class ReferenceSession:
     def _init(self, variant: dict | None, seed: int) -> None:
         key = (repr(variant), seed)
         if self._variant != key:
-            self._call("init", {"variant": variant, "seed": seed})
+            self._call("init", InitRequest(variant=variant, seed=seed))
             self._variant = key
 
     def outputs(self, args: list[Any], key: Any, variant: dict | None, init_seed: int) -> Any:
@@ -82,7 +94,7 @@ class ReferenceSession:
             if key not in self._outputs:
                 self._init(variant, init_seed)
                 tree, tensors = encode_args(args)
-                _, meta, out = self._call("run", {"inputs": tree, "checks": False}, tensors)
+                _, meta, out = self._call("run", RunRequest(inputs=tree, checks=False), tensors)
                 self._outputs[key] = decode_outputs(meta, out)[0]
             return self._outputs[key]
 
@@ -90,7 +102,7 @@ class ReferenceSession:
         """Reference output for timed call `index` of the timing phase with this seed."""
         with self._lock:
             self._init(variant, init_seed)
-            _, meta, out = self._call("run_seeded", {"seed": seed, "index": index, "variant": variant})
+            _, meta, out = self._call("run_seeded", SeededRequest(seed=seed, index=index, variant=variant))
             return decode_outputs(meta, out)[0]
 
     def timing(self, params: dict[str, Any], variant: dict | None, init_seed: int, max_age_s: float,
@@ -113,27 +125,27 @@ class ReferenceSession:
 
     def _time_window(self, params: dict[str, Any], variant: dict | None, init_seed: int) -> Timing:
         self._init(variant, init_seed)
-        self._call("cores", {"timing": True})  # sandbox/cpus.py: a no-op without timing cores apart
+        self._call("cores", CoresRequest(timing=True))  # sandbox/cpus.py: a no-op without timing cores apart
         deadline = time.monotonic() + self.timeout_s
         assert self.worker is not None
         worker = self.worker
 
         def call(kind: str, meta: dict[str, Any]) -> tuple[str, dict, list]:
             try:
-                return worker.call(kind, meta, deadline=deadline)
-            except (WorkerDied, WorkerTimeout, WorkerError) as e:
+                return checked(kind, worker.call(kind, meta, deadline=deadline))
+            except (WorkerDied, WorkerTimeout, WorkerError, MalformedReply) as e:
                 raise ReferenceFailed(f"the reference Model failed ({kind}): {e}") from None
 
         def timed(kind: str, meta: dict[str, Any]) -> tuple[str, dict, list, float]:
             try:
-                return worker.call_timed(kind, meta, deadline=deadline)
-            except (WorkerDied, WorkerTimeout, WorkerError) as e:
+                return checked_timed(kind, worker.call_timed(kind, meta, deadline=deadline))
+            except (WorkerDied, WorkerTimeout, WorkerError, MalformedReply) as e:
                 raise ReferenceFailed(f"the reference Model failed ({kind}): {e}") from None
 
         call.timed = timed  # type: ignore[attr-defined]  # rounds' "go": the arrival read in C
 
         r = rounds.measure(call, {**params, "variant": variant})
-        self._call("cores", {"timing": False})
+        self._call("cores", CoresRequest(timing=False))
         if params.get("variant") is None and not params.get("compiled"):
             self._sums.update(r.sums)  # what every candidate's timed outputs must match
         return timing_from_rounds(r)
@@ -145,7 +157,7 @@ class ReferenceSession:
             missing = [i for i in indices if i not in self._sums]
             if missing:
                 self._init(None, init_seed)
-                _, meta, _ = self._call("sums", {"seed": seed, "sign_seed": sign_seed, "indices": missing})
+                _, meta, _ = self._call("sums", SumsRequest(seed=seed, sign_seed=sign_seed, indices=missing))
                 self._sums.update(zip(missing, meta["checksums"]))
             return {i: self._sums[i] for i in indices}
 

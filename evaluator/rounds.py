@@ -20,7 +20,10 @@ import dataclasses
 import math
 import statistics
 import time
+from collections.abc import Mapping
 from typing import Any, Callable, ContextManager
+
+from evaluator.messages import GoRequest, StageRequest
 
 Call = Callable[..., tuple[str, dict[str, Any], list[Any]]]
 STAGED_BYTES = 256 << 20  # inputs staged for one round at most
@@ -62,7 +65,7 @@ def empty_round_ms(call: Call, params: dict[str, Any], n: int = 5) -> float:
     return min(_round(call, params, 0, 0, contextlib.nullcontext)[0] for _ in range(n))
 
 
-def timed(call: Call, kind: str, meta: dict[str, Any]) -> tuple[dict[str, Any], float]:
+def timed(call: Call, kind: str, meta: Mapping[str, Any]) -> tuple[dict[str, Any], float]:
     """A request and its round trip in ms: by `call.timed` where the caller has one (a worker's
     call_timed: the arrival read in C, without the GIL), else by this thread's clock."""
     by_worker = getattr(call, "timed", None)
@@ -76,11 +79,11 @@ def timed(call: Call, kind: str, meta: dict[str, Any]) -> tuple[dict[str, Any], 
 
 def _round(call: Call, params: dict[str, Any], first: int, calls: int,
            window: Callable[[], ContextManager[Any]]) -> tuple[float, dict[str, Any], int]:
-    _, staged, _ = call("stage", {"seed": params["seed"], "first": first, "calls": calls,
-                                  "variant": params.get("variant")})
+    _, staged, _ = call("stage", StageRequest(seed=params["seed"], first=first, calls=calls,
+                                           variant=params.get("variant")))
     with window():
-        went, wall = timed(call, "go", {"compiled": bool(params.get("compiled")),
-                                        "sign_seed": params.get("sign_seed", 0)})
+        went, wall = timed(call, "go", GoRequest(compiled=bool(params.get("compiled")),
+                                                 sign_seed=params.get("sign_seed", 0)))
     for key in ("claims_ms", "checksums"):
         got = went.get(key)
         if not isinstance(got, list) or len(got) != calls:
@@ -96,9 +99,9 @@ def sampled_round(call: Call, params: dict[str, Any], first: int, per_call_ms: f
     calls = max(1, min(MAX_ROUND_CALLS, math.ceil(length_ms / max(per_call_ms, 1e-3))))
     if bytes_per_call:
         calls = max(1, min(calls, (STAGED_BYTES // 4) // bytes_per_call))
-    call("stage", {"seed": params["seed"], "first": first, "calls": calls, "variant": params.get("variant")})
+    call("stage", StageRequest(seed=params["seed"], first=first, calls=calls, variant=params.get("variant")))
     with window():
-        call("go", {"compiled": bool(params.get("compiled")), "sign_seed": params.get("sign_seed", 0), "checksums": False})
+        call("go", GoRequest(compiled=bool(params.get("compiled")), sign_seed=params.get("sign_seed", 0), checksums=False))
     return calls
 
 

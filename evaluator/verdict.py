@@ -9,7 +9,7 @@ import dataclasses
 import enum
 import statistics
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 from evaluator.coverage import Coverage
 
@@ -98,6 +98,51 @@ class Timing:
         return statistics.median(self.claimed_ms) if self.claimed_ms else None
 
 
+class TimingsRecord(TypedDict):
+    candidate_ms: list[float]  # per round, by the supervisor's clock
+    reference_ms: list[float]
+    candidate_wall_ms: float | None
+    reference_wall_ms: float | None
+    candidate_early_exit: bool
+    candidate_claimed_ms: list[float]  # per round: what the candidate worker's clock said
+    candidate_calls: list[int]
+    reference_calls: list[int]
+    overhead_ms: float | None
+    round_overhead_ms: float | None
+
+
+class VerdictRecord(TypedDict):
+    """A verdict as JSON: what `kernelwright eval --json` prints, rewards read and the store keeps."""
+    status: str
+    reason: str
+    correct: bool
+    speedup: float | None
+    candidate_ms: float | None
+    reference_ms: float | None
+    reference_compiled_ms: float | None
+    speedup_vs_compile: float | None
+    candidate_spread_ms: float | None
+    reference_spread_ms: float | None
+    flags: list[str]
+    trials: list[dict[str, Any]]
+    timings: TimingsRecord
+    stages: dict[str, float]
+    fingerprint: dict[str, Any]
+    resources: list[dict[str, Any]]  # ptxas's per-kernel report
+    coverage: float | None  # the share of sampled time in the candidate's own code
+    attribution: dict[str, Any] | None
+    peak_fraction: float | None
+    bound: str | None
+    reference_peak_fraction: float | None
+    policy: str
+    torch_ops: list[str]
+
+
+class EvaluationRecord(VerdictRecord):
+    """A verdict as the store records it: with the worker's log (untrusted text)."""
+    log: str
+
+
 @dataclasses.dataclass(frozen=True)
 class Verdict:
     status: Status
@@ -138,7 +183,7 @@ class Verdict:
             return None
         return self.reference_compiled.median_ms / self.candidate.median_ms
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VerdictRecord:
         """The `kernelwright eval --json` object (candidate_id is added by the caller)."""
         return {
             "status": self.status.value,
@@ -176,6 +221,10 @@ class Verdict:
             "policy": self.policy,
             "torch_ops": list(self.torch_ops),
         }
+
+    def record(self) -> EvaluationRecord:
+        """What the store keeps of this verdict."""
+        return {**self.to_json(), "log": self.log}
 
 
 def failed(status: Status, reason: str, **kw: Any) -> Verdict:

@@ -11,6 +11,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Mapping
 from typing import Any
 
 MAGIC = b"KWP1"
@@ -48,7 +49,7 @@ def _tensor_bytes(t: Any) -> tuple[dict[str, Any], memoryview]:
     return {"dtype": dtype, "shape": list(t.shape)}, memoryview(raw).cast("B")
 
 
-def send(sock: socket.socket, kind: str, meta: dict[str, Any] | None = None,
+def send(sock: socket.socket, kind: str, meta: Mapping[str, Any] | None = None,
          tensors: list[Any] | tuple[Any, ...] = ()) -> None:
     heads, blobs = [], []
     for t in tensors:

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from sandbox import binscreen, buildscreen, extension, protocol, stamped
@@ -52,7 +53,7 @@ class Worker:
         return fn() if fn else None
 
     # --- messages ---
-    def call(self, kind: str, meta: dict[str, Any] | None = None, tensors: list[Any] | tuple = (),
+    def call(self, kind: str, meta: Mapping[str, Any] | None = None, tensors: list[Any] | tuple = (),
              deadline: float | None = None) -> tuple[str, dict[str, Any], list[Any]]:
         """Send a request and wait for its answer, serving build requests meanwhile."""
         try:
@@ -61,7 +62,7 @@ class Worker:
             raise WorkerDied(self.describe_exit()) from None
         return self.receive(deadline)
 
-    def call_timed(self, kind: str, meta: dict[str, Any], deadline: float | None = None
+    def call_timed(self, kind: str, meta: Mapping[str, Any], deadline: float | None = None
                    ) -> tuple[str, dict[str, Any], list[Any], float]:
         """call, and the round trip in ms by the supervisor's clock: read just before the request
         goes out and, in C without the GIL (sandbox/stamped.py), when the answer is in; a busy

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.loop.reward import Reward, RewardConfig, reward
+from evaluator.verdict import EvaluationRecord
 from tasks.spec import Task
 
 _log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class Record:
 class Judged:
     task: Task
     source: str
-    out: dict[str, Any]  # the verdict's JSON record, with its log (what the store keeps)
+    out: EvaluationRecord  # what the store keeps
     reward: Reward
     reward_note: str
     candidate_id: str | None = None  # set once recorded
@@ -54,7 +55,7 @@ def judge(evaluator: Any, task: Task, source: str, reward_cfg: RewardConfig, sto
     A speedup above the reward's sanity bound counts only once a second, independent
     measurement agrees (`confirm_outliers`); until then the reward is capped."""
     v = evaluator.evaluate(task, source, slow_ms=slow_ms)
-    out = {**v.to_json(), "log": v.log}
+    out = v.record()
     flops, nbytes = task.meta.flops, task.meta.bytes
     r = reward(out, reward_cfg, flops=flops, nbytes=nbytes)
     note = r.note

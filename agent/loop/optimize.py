@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from agent.loop import propose, strategies
@@ -21,6 +22,7 @@ from agent.loop.judge import Record, judge
 from agent.loop.llm import LLMClient
 from agent.loop.reward import RewardConfig
 from agent.loop.strategies import Member
+from evaluator.verdict import EvaluationRecord
 from store.rows import candidate_id as content_id
 from tasks.spec import Task
 
@@ -102,7 +104,7 @@ class Optimizer:
                 tr.done_reason = "no knob-annotated seed kernel and no LLM configured"
         return tr
 
-    def _note_best(self, tr: _TaskRun, e: dict[str, Any]) -> None:
+    def _note_best(self, tr: _TaskRun, e: Mapping[str, Any]) -> None:
         if e.get("status") == "ok" and e.get("candidate_ms") and (tr.best_ms is None or e["candidate_ms"] < tr.best_ms):
             tr.best_ms = e["candidate_ms"]
 
@@ -253,7 +255,7 @@ class Optimizer:
         judge(self.evaluator, tr.task, cand["source"], self.cfg.reward, self.store,
               Record(tr.task_id, cand["origin"], self.run_id, strategy="confirm"), confirm_outliers=False)
 
-    def _evaluate(self, tr: _TaskRun, proposal: propose.Proposal, call: dict | None) -> dict[str, Any]:
+    def _evaluate(self, tr: _TaskRun, proposal: propose.Proposal, call: dict | None) -> EvaluationRecord:
         assert proposal.source is not None
         slow_ms = 3.0 * tr.best_ms if tr.best_ms else None
         _log.debug("%s: evaluating a %s proposal%s (%d evaluated so far)", tr.task.name, proposal.origin,

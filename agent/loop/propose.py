@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from agent.loop import knobs, prompts, tuner
 from agent.loop.llm import Completion, LLMClient
@@ -128,7 +128,7 @@ class KnobTuning:
             return Proposal(source, "seed" if self.seed else "tuner", None, dict(config))
         return Proposal(source, "tuner", self.base_id, dict(config))
 
-    def report(self, config: dict[str, Any], verdict: dict[str, Any]) -> None:
+    def report(self, config: dict[str, Any], verdict: Mapping[str, Any]) -> None:
         # an early-exit median is a partial measurement, but a true one: clearly slower
         self.tuner.report(config, verdict.get("candidate_ms") if verdict.get("status") == "ok" else None)
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from agent.export_template import _patterns
+from agent.outputs.export_template import _patterns
 from tasks.spec import Task, apply_variant, import_file
 
 SCHEMA_TYPES = {bool: "bool", int: "int", float: "float"}

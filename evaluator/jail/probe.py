@@ -29,6 +29,24 @@ from evaluator.jail.instruments import (
     guarded,
     native_threads,
 )
+from evaluator.messages import (
+    CallReport,
+    CoresRequest,
+    Empty,
+    GoRequest,
+    InitRequest,
+    Last,
+    Loaded,
+    LoadRequest,
+    Outputs,
+    RunRequest,
+    SeededRequest,
+    Staged,
+    StageRequest,
+    Sums,
+    SumsRequest,
+    Went,
+)
 from sandbox import cpus, extension, fastpath
 from sandbox.compiler import CompileSpec
 from sandbox.jail import seccomp as sandbox_seccomp
@@ -93,7 +111,7 @@ class Probe:
             cpus.pin_all_threads(self.rest_cpus)
 
     # --- load and build ---------------------------------------------------------------
-    def do_load(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_load(self, meta: LoadRequest, _: list[Any]) -> tuple[str, Loaded, list[Any]]:
         if meta.get("compile_only"):  # import the candidate only: its builds are what we want
             self._patch_cpp_extension(compile_only=str(meta.get("arch") or "sm_90"))
             import_file(Path("candidate.py").resolve(), "kw_candidate")
@@ -174,7 +192,7 @@ class Probe:
                 "gpu_memory": p.total_memory, "cuda": torch.version.cuda, "triton": triton}
 
     # --- construct ----------------------------------------------------------------------
-    def do_init(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_init(self, meta: InitRequest, _: list[Any]) -> tuple[str, Empty, list[Any]]:
         variant = meta.get("variant")
         old = apply_variant(self.task, variant)
         try:
@@ -189,11 +207,11 @@ class Probe:
         return "ready", {}, []
 
     # --- one call, fully instrumented ---------------------------------------------------
-    def do_run(self, meta: dict[str, Any], tensors: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_run(self, meta: RunRequest, tensors: list[Any]) -> tuple[str, Outputs, list[Any]]:
         args = [tensors[a["t"]] if isinstance(a, dict) and "t" in a else a["scalar"] for a in meta["inputs"]]
         return self._run(args, bool(meta.get("checks", True)))
 
-    def do_run_seeded(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_run_seeded(self, meta: SeededRequest, _: list[Any]) -> tuple[str, Outputs, list[Any]]:
         """The inputs of timed call `index` of a timing phase, recomputed here (reference side)."""
         args = self._timed_inputs(int(meta["seed"]), int(meta["index"]), meta.get("variant"))
         return self._run(args, False)
@@ -228,12 +246,12 @@ class Probe:
                 placed.append(a.cpu())
         return placed
 
-    def _run(self, args: list[Any], checks: bool) -> tuple[str, dict[str, Any], list[Any]]:
+    def _run(self, args: list[Any], checks: bool) -> tuple[str, Outputs, list[Any]]:
         args = self._place(args)
         guards: list[Any] = []
         if checks and self.device.type == "cpu":
             args, guards = guarded(args)
-        report: dict[str, Any] = {}
+        report: CallReport = {}
         py0, os0 = threading.active_count(), native_threads()
         launches0, inline0 = sum(fastpath.launches().values()), sum(self.inline_calls.values())
         recorder: Any = OpRecorder() if checks else contextlib.nullcontext()
@@ -279,7 +297,7 @@ class Probe:
         inputs_after: list[Any] = [a for a in args if isinstance(a, torch.Tensor)] if checks else []
         return "outputs", {"tree": tree, "report": report, "n_outputs": len(snap)}, snap + inputs_after
 
-    def do_ping(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_ping(self, meta: Empty, _: list[Any]) -> tuple[str, Empty, list[Any]]:
         return "pong", {}, []
 
     def _profiler(self) -> Any:
@@ -288,13 +306,13 @@ class Probe:
         return profile(activities=[ProfilerActivity.CUDA])
 
     # --- timing -------------------------------------------------------------------------
-    def do_cores(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_cores(self, meta: CoresRequest, _: list[Any]) -> tuple[str, Empty, list[Any]]:
         """Onto the timing cores for a timing phase (timed loop and spot checks), or back."""
         if self.timing_cpus:
             cpus.pin_all_threads(self.timing_cpus if meta.get("timing") else self.rest_cpus)
         return "cores", {}, []
 
-    def do_stage(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_stage(self, meta: StageRequest, _: list[Any]) -> tuple[str, Staged, list[Any]]:
         """Inputs of timed calls first .. first+calls-1, made now (untimed) for the next round."""
         seed, first, calls = int(meta["seed"]), int(meta["first"]), int(meta["calls"])
         self.staged = []  # the last round's inputs go first
@@ -304,7 +322,7 @@ class Probe:
         per_call = sum(a.numel() * a.element_size() for a in self.staged[0] if isinstance(a, torch.Tensor)) if calls else 0
         return "staged", {"bytes_per_call": per_call}, []
 
-    def do_go(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_go(self, meta: GoRequest, _: list[Any]) -> tuple[str, Went, list[Any]]:
         """One timing round: the staged calls back to back, each output checksummed at once
         (the sampler's round, evaluator/coverage.py, goes without checksums).
         The supervisor times this request from its send to this reply (evaluator/rounds.py);
@@ -317,7 +335,7 @@ class Probe:
             model = self.compiled
         timer = self.timer if self.device.type == "cuda" else None
         claims, synced, out = [], [], None
-        sums, check = Checksums(self._signs(meta)), meta.get("checksums", True)
+        sums, check = Checksums(self._signs(int(meta.get("sign_seed", 0)))), meta.get("checksums", True)
         began = _clock_ns()
         with torch.no_grad():
             for args in self.staged:
@@ -336,22 +354,21 @@ class Probe:
         return "went", {"claims_ms": claims, "synced_ms": synced, "checksums": sums.values(),
                         "loop_ms": (_clock_ns() - began) / 1e6}, []  # loop_ms: a diagnostic claim
 
-    def do_last(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_last(self, meta: Empty, _: list[Any]) -> tuple[str, Last, list[Any]]:
         """The last timed output in full, for the supervisor to compare (outside any round)."""
         sent: list[Any] = []
         tree = pack_tree(self.last_out, sent)
         return "last", {"tree": tree}, sent
 
-    def do_sums(self, meta: dict[str, Any], _: list[Any]) -> tuple[str, dict[str, Any], list[Any]]:
+    def do_sums(self, meta: SumsRequest, _: list[Any]) -> tuple[str, Sums, list[Any]]:
         """Checksums of timed calls by index (reference side: what the candidate's must match)."""
-        seed, sums, signs = int(meta["seed"]), [], self._signs(meta)
+        seed, sums, signs = int(meta["seed"]), [], self._signs(int(meta.get("sign_seed", 0)))
         with torch.no_grad():
             for i in meta["indices"]:
                 sums += checksums([self.model(*self._timed_inputs(seed, int(i), meta.get("variant")))], signs)
         return "sums", {"checksums": sums}, []
 
-    def _signs(self, meta: dict[str, Any]) -> Signs:
-        seed = int(meta.get("sign_seed", 0))
+    def _signs(self, seed: int) -> Signs:
         if self.signs is None or self.signs.seed != seed:
             self.signs = Signs(seed)
         return self.signs

@@ -11,11 +11,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from agent.export_template._prebuilt import fingerprint
 from typer.testing import CliRunner
 
 from agent.cli import review as cli_review  # noqa: F401 - registers `export`
 from agent.cli.typer_app import app
+from agent.outputs.export_template._prebuilt import fingerprint
 from tests.agent.review_data import review_store
 
 # Run with the package on the path: which path softmax took, why, and where its binary came from.
