@@ -223,7 +223,9 @@ class CandidateRun:
             assert self.timing is not None  # sampled after the timed rounds
             rounds.sampled_round(self._round_call(), params, r.last_index + 1, self.timing.median_ms, r.bytes_per_call,
                                  watch.window)
-            torch_ext = str(self.ev.sandbox.cfg.cache_dir / "torch_ext") + "/"  # load_inline's builds
+            # the supervisor's builds (fast path, load_inline) are in `builds`; an extension torch's own
+            # `load` built inside the worker lands in the shared torch_ext cache
+            torch_ext = str(self.ev.sandbox.cfg.cache_dir / "torch_ext") + "/"
             self.coverage = watch.result([b.path for b in self.w.builds if b.ok and b.path], own_prefix=torch_ext)
         finally:
             watch.close()

@@ -110,6 +110,11 @@ def _slug(name: str) -> str:
 
 
 def load_suite(sel: KernelBenchSelection, cache_dir: Path) -> list[Task]:
+    return [task for _, _, task in load_numbered(sel, cache_dir)]
+
+
+def load_numbered(sel: KernelBenchSelection, cache_dir: Path) -> list[tuple[int, int, Task]]:
+    """(level, problem id, task) of every problem selected, in order."""
     tasks = []
     for level, pid, path in problems(sel):
         try:
@@ -117,8 +122,8 @@ def load_suite(sel: KernelBenchSelection, cache_dir: Path) -> list[Task]:
         except (OSError, UnicodeDecodeError) as e:
             raise TaskError(f"cannot read {path}: {e}") from None
         name = f"kb_l{level}_{pid}_{_slug(_FILE.match(path.name).group(2))}"  # type: ignore[union-attr]
-        tasks.append(task_from_source(source, name, f"KernelBench level {level} problem {pid}", sel.scale,
-                                      cache_dir, path.name, where=str(path)))
+        tasks.append((level, pid, task_from_source(source, name, f"KernelBench level {level} problem {pid}",
+                                                   sel.scale, cache_dir, path.name, where=str(path))))
     return tasks
 
 

@@ -104,13 +104,13 @@ def import_cmd(
 def _candidates(config: dict[str, Any], cache_dir: Path) -> tuple[list[tuple[Any, Any]], list[str]]:
     """(imported item, its task) pairs and the lines saying what was left out, before any work."""
     from agent.loop.importers import parse
-    from tasks.kernelbench import KernelBenchSelection, load_suite, problems, task_from_source
+    from tasks.kernelbench import KernelBenchSelection, load_numbered, task_from_source
     from tasks.spec import TaskError
 
     tasks = None
     if config["format"] == "kernelbench" and config["kernelbench"]:
         sel = KernelBenchSelection(Path(config["kernelbench"]), scale=config["scale"])
-        tasks = {(lvl, pid): t for (lvl, pid, _), t in zip(problems(sel), load_suite(sel, cache_dir))}
+        tasks = {(lvl, pid): t for lvl, pid, t in load_numbered(sel, cache_dir)}
     parsed = parse(config["format"], Path(config["path"]), tasks)
     pairs, skipped = [], list(parsed.skipped)
     by_path = {str(t.path): t for t in (tasks or {}).values()}
