@@ -80,3 +80,18 @@ def docker_image() -> str:
     except DockerUnavailable as e:
         pytest.skip(f"{e}: as root, scripts/start_docker.sh starts one")
     return build_image(client).tag
+
+
+# what a supervisor's environment may hold; none of it may reach a container (tests/sandbox/test_docker.py)
+SECRETS = {"OPENAI_API_KEY": "sk-kwtest-secret", "MY_SERVICE_TOKEN": "tok-kwtest-secret", "DB_PASSWORD": "pw-kwtest-secret"}
+
+
+@pytest.fixture(scope="session")
+def docker_sandbox(docker_image: str, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One docker sandbox per session, on the process sandbox's cache, with secrets in its environment."""
+    from sandbox.docker import DockerConfig, DockerSandbox
+
+    cfg = SandboxConfig(cache_dir=cache_dir, root=tmp_path_factory.mktemp("docker"), memory_bytes=2 << 30, max_pids=512)
+    sb = DockerSandbox(cfg, DockerConfig(image=docker_image), parent_env=dict(os.environ, **SECRETS))
+    yield sb
+    sb.close()

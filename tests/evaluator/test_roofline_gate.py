@@ -103,3 +103,40 @@ def test_ceilings_measured_low_are_measured_again_before_an_honest_kernel_is_rej
         assert rechecks <= ev._rechecks <= MAX_RECHECKS
     finally:
         ev.close()
+
+
+def _gate(net_ms: float, wall_ms: list[float], calls: list[int]):
+    """CandidateRun's physical-bound gate over made-up rounds: 1e8 bytes at 10 GB/s (out of cache)
+    take at least 10 ms."""
+    from types import SimpleNamespace
+
+    from evaluator.candidate import CandidateRun
+    from evaluator.rounds import Rounds
+    from evaluator.verdict import Timing
+    from tasks.work import Work
+    from tests.evaluator.test_ceilings import made_up
+
+    run = SimpleNamespace(ev=SimpleNamespace(ceilings=made_up(), recheck_ceilings=lambda: None),
+                          work=Work(0.0, 1e8, "declared"), flags=[], peak={},
+                          timing=Timing.from_samples([net_ms] * len(calls), sum(wall_ms)),
+                          ref_timing=Timing.from_samples([50.0], 50.0),
+                          rounds=Rounds(wall_ms=wall_ms, calls=calls), _reject=CandidateRun._reject)
+    CandidateRun._roofline(run)  # type: ignore[arg-type]
+    return run
+
+
+def test_the_gate_judges_the_time_with_the_rounds_overhead_in():
+    from evaluator.candidate import Fail
+
+    # a loaded machine: the overhead measured apart swallowed the whole round; per call with it,
+    # 30 ms, well inside the ceilings: no speedup is claimed, nothing is rejected
+    run = _gate(0.0, [300.0, 330.0], [10, 11])
+    assert any(f.startswith("timing_unresolved:") and "30 ms per call" in f for f in run.flags), run.flags
+    assert run.peak["peak_fraction"] is None
+    # net 1 ms (10x the ceiling) but 30 ms a call with the overhead in: the overhead decides, not physics
+    run = _gate(1.0, [300.0, 330.0], [10, 11])
+    assert run.flags == [] and run.peak["peak_fraction"] == pytest.approx(10.0)
+    # 0.5 ms a call even with the overhead in: beyond the machine, rejected
+    with pytest.raises(Fail) as e:
+        _gate(0.4, [5.0, 5.5], [10, 11])
+    assert e.value.reason.startswith("beyond_roofline: 0.5 ms is 20.00x of the memory ceiling"), e.value.reason

@@ -15,15 +15,11 @@ import pytest
 
 from evaluator.cascade import EvalConfig, Evaluator
 from evaluator.rules import Policy
-from sandbox.docker import DockerConfig, DockerSandbox, _exit_to_wait_status
+from sandbox.docker import _exit_to_wait_status
 from sandbox.image import Plan
-from sandbox.process import SandboxConfig
 from tests.conftest import FAST_TIMING
 from tests.data.candidates import FAST, FORGED_CLAIMS, slow
 from tests.sandbox.test_faults import _alive_with, assert_no_network
-
-SECRETS = {"OPENAI_API_KEY": "sk-kwtest-secret", "MY_SERVICE_TOKEN": "tok-kwtest-secret", "DB_PASSWORD": "pw-kwtest-secret"}
-
 
 # --- no docker needed --------------------------------------------------------------------
 
@@ -64,14 +60,6 @@ def test_cli_rejects_a_bad_sandbox_in_one_line(tmp_path):
 
 
 # --- real containers ---------------------------------------------------------------------
-
-@pytest.fixture(scope="session")
-def docker_sandbox(docker_image, cache_dir, tmp_path_factory):
-    cfg = SandboxConfig(cache_dir=cache_dir, root=tmp_path_factory.mktemp("docker"), memory_bytes=2 << 30, max_pids=512)
-    sb = DockerSandbox(cfg, DockerConfig(image=docker_image), parent_env=dict(os.environ, **SECRETS))
-    yield sb
-    sb.close()
-
 
 @pytest.fixture(scope="session")
 def docker_evaluator(docker_sandbox):

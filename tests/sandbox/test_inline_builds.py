@@ -16,7 +16,6 @@ import pytest
 from evaluator.cascade import EvalConfig, Evaluator
 from sandbox import extension
 from sandbox.compiler import CompilerConfig
-from sandbox.process import SandboxConfig
 from tests.conftest import FAST_TIMING
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -92,19 +91,8 @@ def test_unsafe_flags_and_names_are_compile_errors_before_any_build(process_ev, 
 # --- one real build, seen by both sandboxes ----------------------------------------------------
 
 @pytest.fixture(scope="module")
-def docker_sb(docker_image, cache_dir, tmp_path_factory):
-    from sandbox.docker import DockerConfig, DockerSandbox
-
-    cfg = SandboxConfig(cache_dir=cache_dir, root=tmp_path_factory.mktemp("docker-inline"), memory_bytes=2 << 30,
-                        max_pids=512)
-    sb = DockerSandbox(cfg, DockerConfig(image=docker_image))
-    yield sb
-    sb.close()
-
-
-@pytest.fixture(scope="module")
-def docker_ev(docker_sb):
-    ev = Evaluator(docker_sb, EvalConfig(timeout_s=600, timing=FAST_TIMING))
+def docker_ev(docker_sandbox):
+    ev = Evaluator(docker_sandbox, EvalConfig(timeout_s=600, timing=FAST_TIMING))
     yield ev
     ev.close()
 
@@ -123,21 +111,21 @@ def _record(sb):
     return built
 
 
-def test_the_image_holds_no_compiler(docker_sb, docker_image):
-    out = docker_sb.client.containers.run(
+def test_the_image_holds_no_compiler(docker_sandbox, docker_image):
+    out = docker_sandbox.client.containers.run(
         docker_image, ["sh", "-c", "for c in g++ c++ gcc cc nvcc ninja ld; do command -v $c; done; true"],
         remove=True, network_mode="none")
     assert out.decode().strip() == ""
 
 
 @pytest.mark.slow
-def test_docker_and_process_agree_on_a_load_inline_candidate(docker_ev, docker_sb, process_ev, sandbox, small_task):
-    built = _record(docker_sb)
+def test_docker_and_process_agree_on_a_load_inline_candidate(docker_ev, docker_sandbox, process_ev, sandbox, small_task):
+    built = _record(docker_sandbox)
     d = docker_ev.evaluate(small_task, SOURCE)  # built by the supervisor, loaded in the container
     assert d.status.value == "ok", (d.reason, d.log[-2000:])
     assert [r.ok for r in built] == [True]
     lib = built[0].path
-    assert lib.startswith(str(docker_sb.cfg.extensions.cache_dir)) and lib.endswith("/kw_sandbox_softmax.so")
+    assert lib.startswith(str(docker_sandbox.cfg.extensions.cache_dir)) and lib.endswith("/kw_sandbox_softmax.so")
     # the supervisor built it and never loaded it: its constructors are candidate code
     assert lib not in Path("/proc/self/maps").read_text()
     built_p = _record(sandbox)
@@ -157,20 +145,20 @@ def test_docker_and_process_agree_on_a_load_inline_candidate(docker_ev, docker_s
 
 
 @pytest.mark.slow
-def test_a_second_evaluation_does_not_rebuild(docker_ev, docker_sb, small_task):
+def test_a_second_evaluation_does_not_rebuild(docker_ev, docker_sandbox, small_task):
     docker_ev.evaluate(small_task, SOURCE)  # (builds here only when run alone)
-    entries = sorted(docker_sb.cfg.extensions.cache_dir.glob("*/*"))
-    built = _record(docker_sb)
+    entries = sorted(docker_sandbox.cfg.extensions.cache_dir.glob("*/*"))
+    built = _record(docker_sandbox)
     again = docker_ev.evaluate(small_task, SOURCE)
     assert again.status.value == "ok", again.reason
     assert [(r.ok, r.cached) for r in built] == [(True, True)] and built[0].seconds < 1
-    assert sorted(docker_sb.cfg.extensions.cache_dir.glob("*/*")) == entries
+    assert sorted(docker_sandbox.cfg.extensions.cache_dir.glob("*/*")) == entries
     assert again.stages["compile"] < 15, again.stages
 
 
 @pytest.mark.slow
-def test_a_compile_error_quotes_the_compiler_in_both_sandboxes(docker_ev, docker_sb, process_ev, sandbox, small_task):
-    built = _record(docker_sb)
+def test_a_compile_error_quotes_the_compiler_in_both_sandboxes(docker_ev, docker_sandbox, process_ev, sandbox, small_task):
+    built = _record(docker_sandbox)
     d = docker_ev.evaluate(small_task, BROKEN)
     assert d.status.value == "compile_error", (d.status, d.reason)
     assert re.search(r"main\.cpp:\d+:\d+: error: expected .;. before", d.reason), d.reason
@@ -182,7 +170,7 @@ def test_a_compile_error_quotes_the_compiler_in_both_sandboxes(docker_ev, docker
     print(f"\ncompile error: docker {d.stages['total']:.1f} s, process {p.stages['total']:.1f} s: {d.reason}")
 
 
-def test_the_extension_cache_is_read_only_in_the_container(docker_sb):
-    mounts = docker_sb._mounts(docker_sb.sock_root)
-    ext = docker_sb.cfg.extensions.cache_dir
+def test_the_extension_cache_is_read_only_in_the_container(docker_sandbox):
+    mounts = docker_sandbox._mounts(docker_sandbox.sock_root)
+    ext = docker_sandbox.cfg.extensions.cache_dir
     assert mounts[str(ext.resolve())] == {"bind": os.path.abspath(ext), "mode": "ro"}
