@@ -166,11 +166,9 @@ def _closure(roots: list[str]) -> dict[str, md.Distribution]:
 def _loaded_distributions(modules: tuple[str, ...]) -> list[str]:
     """The distributions whose code importing `modules` loads, asked of a fresh interpreter."""
     code = (
-        "import importlib, json, sys, importlib.metadata as md\n"
-        f"for n in {list(modules)!r}:\n"
-        "    try: importlib.import_module(n.lstrip('?'))\n"
-        "    except ImportError:\n"
-        "        if not n.startswith('?'): raise\n"
+        "import json, sys, importlib.metadata as md\n"
+        "from sandbox.jail.startup import warm\n"
+        f"warm({list(modules)!r})  # as the container's keeper does (sandbox/jail/startup.py)\n"
         "pd = md.packages_distributions()\n"
         "print(json.dumps(sorted({d for m in list(sys.modules) for d in pd.get(m.split('.')[0], [])})))\n"
     )

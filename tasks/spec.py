@@ -92,19 +92,24 @@ def _literal_meta(tree: ast.Module) -> dict[str, Any]:
     return {}
 
 
-def load_task(path: str | Path) -> Task:
-    """Parse a task file without running it; errors are TaskError with one line."""
-    p = Path(path)
+def read_python(p: Path, what: str) -> tuple[str, ast.Module]:
+    """A Python file's text and syntax tree, without running it; errors are TaskError with one line."""
     if not p.is_file():
-        raise TaskError(f"task file not found: {p}")
+        raise TaskError(f"{what} not found: {p}")
     try:
         source = p.read_text()
     except (OSError, UnicodeDecodeError) as e:
-        raise TaskError(f"cannot read task file {p}: {e}") from None
+        raise TaskError(f"cannot read {what} {p}: {e}") from None
     try:
-        tree = ast.parse(source, filename=str(p))
+        return source, ast.parse(source, filename=str(p))
     except SyntaxError as e:
         raise TaskError(f"{p}:{e.lineno}: syntax error: {e.msg}") from None
+
+
+def load_task(path: str | Path) -> Task:
+    """Parse a task file without running it; errors are TaskError with one line."""
+    p = Path(path)
+    source, tree = read_python(p, "task file")
     names = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
     missing = [n for n in ("Model", "get_inputs", "get_init_inputs") if n not in names]
     if missing:

@@ -12,89 +12,56 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from agent.cli.typer_app import (
-    BaseUrlOpt,
-    BudgetOpt,
-    ConfirmOpt,
-    DbOpt,
-    DeviceOpt,
-    JsonOpt,
-    KernelBenchOpt,
-    LevelOpt,
-    ModelOpt,
-    PolicyOpt,
-    ScaleOpt,
-    SeedOpt,
-    StrategyOpt,
-    SuiteOpt,
-    TaskIdOpt,
-    TimeoutOpt,
-    TuneFractionOpt,
-    TunerOpt,
-    app,
-    check_search,
-    console,
-    err_console,
-    suite_fields,
-)
-from agent.runspec import resume_hint, shown_url
+from agent.cli import typer_app as o  # the options optimize and batch share
+from agent.cli.typer_app import app, begin_run, check_search, console, err_console, run_spec, suite_fields
+from agent.runspec import resume_hint
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, machine_ceilings, open_store, options
 
 
 @app.command("batch")
 @cli_errors
 def batch_cmd(
-    suite: Optional[str] = SuiteOpt,
+    suite: Optional[str] = o.SuiteOpt,
     task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable; workers must see it)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto | ray://HOST:PORT; none: a local one"),
     workers: int = typer.Option(2, "--workers", help="Without --address: CPUs of the local Ray instance"),
     cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help="CPUs each job holds (its evaluations' threads)"),
     gpus_per_eval: float = typer.Option(1.0, "--gpus-per-eval", help="With --device cuda: GPUs each job's evaluations hold"),
     max_retries: int = typer.Option(3, "--max-retries", help="Times a job is rerun after its worker dies"),
-    strategy: str = StrategyOpt,
-    budget: int = BudgetOpt,
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Minutes for the whole batch, then stop"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD of LLM spend, shared evenly by the tasks"),
-    concurrency: int = typer.Option(2, "--concurrency", help="LLM requests in flight per job"),
-    model: Optional[str] = ModelOpt,
-    base_url: Optional[str] = BaseUrlOpt,
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key, on every worker"),
-    tuner: str = TunerOpt,
-    tune_fraction: float = TuneFractionOpt,
-    seed: int = SeedOpt,
-    confirm: int = ConfirmOpt,
+    strategy: str = o.StrategyOpt,
+    budget: int = o.BudgetOpt,
+    time_limit: Optional[float] = o.TimeLimitOpt,
+    max_cost: Optional[float] = o.MaxCostOpt,
+    concurrency: int = o.ConcurrencyOpt,
+    model: Optional[str] = o.ModelOpt,
+    base_url: Optional[str] = o.BaseUrlOpt,
+    api_key_env: str = o.ApiKeyEnvOpt,
+    tuner: str = o.TunerOpt,
+    tune_fraction: float = o.TuneFractionOpt,
+    seed: int = o.SeedOpt,
+    confirm: int = o.ConfirmOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run as it was started; "
                                          "its stored flags stand, others given here are ignored"),
-    device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
-    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = PolicyOpt,
-    kernelbench: Optional[str] = KernelBenchOpt, level: Optional[list[int]] = LevelOpt,
-    task_id: Optional[list[int]] = TaskIdOpt, scale: float = ScaleOpt,
+    device: str = o.DeviceOpt, timeout: Optional[float] = o.TimeoutOpt, db: Optional[str] = o.DbOpt, as_json: bool = o.JsonOpt,
+    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = o.PolicyOpt,
+    kernelbench: Optional[str] = o.KernelBenchOpt, level: Optional[list[int]] = o.LevelOpt,
+    task_id: Optional[list[int]] = o.TaskIdOpt, scale: float = o.ScaleOpt,
 ) -> None:
     """Optimize many tasks at once on a Ray cluster (a local one by default), into one shared store."""
     from agent import settings
     from agent.loop import batch
-    from agent.runspec import RunSpec, SpecError
 
-    store = None  # opened after the options are checked: bad input leaves no store behind
-    try:
-        if resume is not None:
-            found_db = _options(db, "cpu", None, 1.0, "process", None).db
-            store = open_store(found_db)
-            run = store.run(resume)
-            if run is None or run["command"] != "batch":
-                raise UserError(f"no batch run {resume} in {shown_url(found_db)}")
-            spec = RunSpec.from_json("batch", run["config"])  # the same run: every flag as it was
-        else:
-            s = settings.read()
-            spec = RunSpec("batch", **suite_fields(suite, task, kernelbench, level, task_id, scale, policy),
-                           strategy=strategy, budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed,
-                           confirm=confirm, model=model or s["model"] or None, base_url=base_url or s["base_url"] or None,
-                           api_key_env=api_key_env, concurrency=concurrency, device=device, sandbox=sandbox,
-                           image=image, timeout_s=timeout, max_cost_usd=max_cost, time_limit_min=time_limit,
-                           address=address, workers=workers, cpus_per_job=cpus_per_job, gpus_per_eval=gpus_per_eval,
-                           max_retries=max_retries)
-    except SpecError as e:
-        raise UserError(str(e)) from None
+    def fresh() -> dict[str, Any]:
+        s = settings.read()
+        return dict(**suite_fields(suite, task, kernelbench, level, task_id, scale, policy), strategy=strategy,
+                    budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed, confirm=confirm,
+                    model=model or s["model"] or None, base_url=base_url or s["base_url"] or None,
+                    api_key_env=api_key_env, concurrency=concurrency, device=device, sandbox=sandbox, image=image,
+                    timeout_s=timeout, max_cost_usd=max_cost, time_limit_min=time_limit, address=address,
+                    workers=workers, cpus_per_job=cpus_per_job, gpus_per_eval=gpus_per_eval, max_retries=max_retries)
+
+    # the store is opened after the options are checked: bad input leaves no store behind
+    store, spec = run_spec("batch", resume, db, fresh)
     opts = _options(db, spec.device, spec.timeout_s, spec.cpus_per_job, spec.sandbox, spec.image)
     check_search(spec.strategy, spec.tuner)
     tasks = spec.resolve_tasks(opts.cache_dir)
@@ -115,11 +82,7 @@ def batch_cmd(
         raise UserError(f"cannot start or reach Ray{f' at {spec.address}' if spec.address else ''}: "
                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     try:
-        if resume is None:
-            run_id = store.start_run("batch", spec.to_json(), spec.device)
-        else:
-            run_id = resume
-            store.reopen_run(run_id)
+        run_id = begin_run(store, spec, resume)
         jobs = batch.plan(store, tasks, spec.strategy)
         cfg = batch.BatchConfig(
             run_id=run_id, options=opts, optimize=spec.optimize_config(), llm=llm,

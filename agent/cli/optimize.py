@@ -9,32 +9,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from agent.cli.typer_app import (
-    BaseUrlOpt,
-    BudgetOpt,
-    ConfirmOpt,
-    DbOpt,
-    DeviceOpt,
-    JsonOpt,
-    KernelBenchOpt,
-    LevelOpt,
-    ModelOpt,
-    PolicyOpt,
-    ScaleOpt,
-    SeedOpt,
-    StrategyOpt,
-    SuiteOpt,
-    TaskIdOpt,
-    TimeoutOpt,
-    TuneFractionOpt,
-    TunerOpt,
-    app,
-    check_search,
-    console,
-    err_console,
-    suite_fields,
-)
-from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options, run_guard
+from agent.cli import typer_app as o  # the options optimize and batch share
+from agent.cli.typer_app import app, begin_run, check_search, console, err_console, run_spec, suite_fields
+from agent.runtime import ImageOpt, SandboxOpt, cli_errors, evaluator, open_store, options, run_guard
 
 
 def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concurrency: int) -> Any:
@@ -53,47 +30,36 @@ def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concu
 @app.command("optimize")
 @cli_errors
 def optimize_cmd(
-    suite: Optional[str] = SuiteOpt,
+    suite: Optional[str] = o.SuiteOpt,
     task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable)"),
-    strategy: str = StrategyOpt,
-    budget: int = BudgetOpt,
-    time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Minutes, then stop"),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="USD of LLM spend, then stop"),
-    concurrency: int = typer.Option(2, "--concurrency", help="LLM requests in flight"),
-    model: Optional[str] = ModelOpt,
-    base_url: Optional[str] = BaseUrlOpt,
-    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key"),
-    tuner: str = TunerOpt,
-    tune_fraction: float = TuneFractionOpt,
-    seed: int = SeedOpt,
-    confirm: int = ConfirmOpt,
+    strategy: str = o.StrategyOpt,
+    budget: int = o.BudgetOpt,
+    time_limit: Optional[float] = o.TimeLimitOpt,
+    max_cost: Optional[float] = o.MaxCostOpt,
+    concurrency: int = o.ConcurrencyOpt,
+    model: Optional[str] = o.ModelOpt,
+    base_url: Optional[str] = o.BaseUrlOpt,
+    api_key_env: str = o.ApiKeyEnvOpt,
+    tuner: str = o.TunerOpt,
+    tune_fraction: float = o.TuneFractionOpt,
+    seed: int = o.SeedOpt,
+    confirm: int = o.ConfirmOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run as it was started (after a kill "
                                          "or Ctrl-C); its stored flags stand, others given here are ignored"),
-    device: str = DeviceOpt, timeout: Optional[float] = TimeoutOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
-    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = PolicyOpt,
-    kernelbench: Optional[str] = KernelBenchOpt, level: Optional[list[int]] = LevelOpt,
-    task_id: Optional[list[int]] = TaskIdOpt, scale: float = ScaleOpt,
+    device: str = o.DeviceOpt, timeout: Optional[float] = o.TimeoutOpt, db: Optional[str] = o.DbOpt, as_json: bool = o.JsonOpt,
+    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = o.PolicyOpt,
+    kernelbench: Optional[str] = o.KernelBenchOpt, level: Optional[list[int]] = o.LevelOpt,
+    task_id: Optional[list[int]] = o.TaskIdOpt, scale: float = o.ScaleOpt,
 ) -> None:
     """Optimize kernels for a task set: ask, evaluate, learn, repeat; every result is stored."""
     from agent.loop.optimize import Optimizer
-    from agent.runspec import RunSpec, SpecError, shown_url
 
-    store = None  # opened after the options are checked: bad input leaves no store behind
-    try:
-        if resume is not None:
-            store = open_store(options(db, "cpu", None).db)
-            run = store.run(resume)
-            if run is None or run["command"] != "optimize":
-                raise UserError(f"no optimize run {resume} in {shown_url(options(db, 'cpu', None).db)}")
-            spec = RunSpec.from_json("optimize", run["config"])  # the same run: every flag as it was
-        else:
-            spec = RunSpec("optimize", **suite_fields(suite, task, kernelbench, level, task_id, scale, policy),
-                           strategy=strategy, budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed,
-                           confirm=confirm, model=model, base_url=base_url, api_key_env=api_key_env,
-                           concurrency=concurrency, device=device, sandbox=sandbox, image=image, timeout_s=timeout,
-                           max_cost_usd=max_cost, time_limit_min=time_limit)
-    except SpecError as e:
-        raise UserError(str(e)) from None
+    # the store is opened after the options are checked: bad input leaves no store behind
+    store, spec = run_spec("optimize", resume, db, lambda: dict(
+        **suite_fields(suite, task, kernelbench, level, task_id, scale, policy), strategy=strategy, budget=budget,
+        tuner=tuner, tune_fraction=tune_fraction, seed=seed, confirm=confirm, model=model, base_url=base_url,
+        api_key_env=api_key_env, concurrency=concurrency, device=device, sandbox=sandbox, image=image,
+        timeout_s=timeout, max_cost_usd=max_cost, time_limit_min=time_limit))
     opts = options(db, spec.device, spec.timeout_s, spec.sandbox, spec.image)
     check_search(spec.strategy, spec.tuner)
     tasks = spec.resolve_tasks(opts.cache_dir)
@@ -104,11 +70,7 @@ def optimize_cmd(
                                    tasks=tuple(str(t.path) for t in tasks) if spec.tasks else ())
     store = store or open_store(opts.db)
     cfg = spec.optimize_config()
-    if resume is None:
-        run_id = store.start_run("optimize", spec.to_json(), spec.device)
-    else:
-        run_id = resume
-        store.reopen_run(run_id)
+    run_id = begin_run(store, spec, resume)
     say = err_console.print if as_json else console.print
     if llm_cfg is None:
         say(f"No LLM configured (--model): tuning the seed kernels' knobs with the {spec.tuner} search.")
@@ -141,7 +103,7 @@ def optimize_cmd(
 
 @app.command("runs")
 @cli_errors
-def runs_cmd(limit: int = typer.Option(20, "--limit"), db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> None:
+def runs_cmd(limit: int = typer.Option(20, "--limit"), db: Optional[str] = o.DbOpt, as_json: bool = o.JsonOpt) -> None:
     """List runs, newest first."""
     opts = options(db, "cpu", None)
     runs = open_store(opts.db).runs(limit)

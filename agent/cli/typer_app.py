@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
@@ -38,6 +38,10 @@ BaseUrlOpt = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint [
 TunerOpt = typer.Option("pattern", "--tuner", help="Knob search: pattern | local | random | exhaustive | evolutionary")
 TuneFractionOpt = typer.Option(0.25, "--tune-fraction", help="With an LLM: share of evaluations for tuning")
 SeedOpt = typer.Option(0, "--seed", help="Seed of the search's own choices")
+TimeLimitOpt = typer.Option(None, "--time-limit", help="Minutes (a batch: for the whole batch), then stop")
+MaxCostOpt = typer.Option(None, "--max-cost", help="USD of LLM spend, then stop (a batch shares it evenly by the tasks)")
+ConcurrencyOpt = typer.Option(2, "--concurrency", help="LLM requests in flight (a batch: per job)")
+ApiKeyEnvOpt = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Variable holding the API key (a batch: on every worker)")
 ConfirmOpt = typer.Option(2, "--confirm", help="After each task's budget: up to this many re-measurements of its "
                           "leader, until it has been measured twice (0: off)")
 
@@ -82,6 +86,34 @@ def suite_fields(suite: str | None, tasks: list[str] | None, kernelbench: str | 
             "levels": tuple(level or ()), "task_ids": tuple(task_id or ()), "scale": scale}
 
 
+def run_spec(command: str, resume: int | None, db: str | None, fresh: Callable[[], dict[str, Any]]) -> tuple[Any, Any]:
+    """(the store, when it had to be opened; the run's RunSpec): run `resume`'s as it was stored
+    (the same run, every flag as it was), or a new one of `fresh()`'s fields."""
+    from agent.runspec import RunSpec, SpecError, shown_url
+    from agent.runtime import open_store, options
+
+    try:
+        if resume is None:
+            return None, RunSpec(command, **fresh())
+        url = options(db, "cpu", None).db
+        store = open_store(url)
+        run = store.run(resume)
+        if run is None or run["command"] != command:
+            store.close()
+            raise UserError(f"no {command} run {resume} in {shown_url(url)}")
+        return store, RunSpec.from_json(command, run["config"])
+    except SpecError as e:
+        raise UserError(str(e)) from None
+
+
+def begin_run(store: Any, spec: Any, resume: int | None) -> int:
+    """The run's id: a new run of `spec`, or run `resume` marked running again."""
+    if resume is None:
+        return int(store.start_run(spec.command, spec.to_json(), spec.device))
+    store.reopen_run(resume)
+    return resume
+
+
 def check_policy(name: str) -> Any:
     """The named evaluation policy (evaluator/rules.py), before any work."""
     from evaluator.rules import policy
@@ -94,15 +126,13 @@ def check_policy(name: str) -> Any:
 
 def read_candidate(path: Path) -> str:
     from evaluator.static import defines_modelnew
+    from tasks.spec import TaskError, read_python
 
-    if not path.is_file():
-        raise UserError(f"candidate file not found: {path}")
     try:
-        source = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    try:
-        compile(source, str(path), "exec")
+        source, tree = read_python(path, "candidate file")
+        compile(tree, str(path), "exec")  # what parsing lets through: a `return` outside a function, say
+    except TaskError as e:
+        raise UserError(str(e)) from None
     except SyntaxError as e:
         raise UserError(f"{path}:{e.lineno}: syntax error: {e.msg}") from None
     if not defines_modelnew(source):

@@ -146,7 +146,8 @@ traffic or arithmetic, bytes moved and FLOPs) and what a faster kernel must do.
 2. Plan: the kernel design in a few bullets (parallelization, tiling, vectorization, memory access).
 3. The complete Python file in one ```python block (kernel source inside it as a string). Nothing after it."""
 
-EXAMPLE_CPU = '''For a task whose `Model(alpha).forward(x)` returns `x * alpha`:
+# the two examples differ in their kernel only: the same file around it
+_EXAMPLE_HEAD = '''For a task whose `Model(alpha).forward(x)` returns `x * alpha`:
 
 ```python
 import torch
@@ -154,7 +155,22 @@ import torch.nn as nn
 
 from sandbox import fastpath
 
-CHUNK = 4096
+'''
+_EXAMPLE_MODEL = '''
+
+class ModelNew(nn.Module):
+    def __init__(self, alpha: float):
+        super().__init__()
+        self.alpha = alpha
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.contiguous()
+        out = torch.empty_like(x)
+        _lib.scale(out, x, self.alpha, x.numel()){note}
+        return out
+```'''
+
+EXAMPLE_CPU = _EXAMPLE_HEAD + '''CHUNK = 4096
 KNOBS = {"CHUNK": [1024, 4096, 16384]}
 
 SRC = r"""
@@ -165,29 +181,9 @@ extern "C" void scale(float* __restrict out, const float* __restrict x, float al
 }
 """
 _lib = fastpath.compile(SRC, lang="cpp", defines={"CHUNK": CHUNK})
+''' + _EXAMPLE_MODEL.replace("{note}", "")
 
-
-class ModelNew(nn.Module):
-    def __init__(self, alpha: float):
-        super().__init__()
-        self.alpha = alpha
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        out = torch.empty_like(x)
-        _lib.scale(out, x, self.alpha, x.numel())
-        return out
-```'''
-
-EXAMPLE_CUDA = '''For a task whose `Model(alpha).forward(x)` returns `x * alpha`:
-
-```python
-import torch
-import torch.nn as nn
-
-from sandbox import fastpath
-
-BLOCK = 256
+EXAMPLE_CUDA = _EXAMPLE_HEAD + '''BLOCK = 256
 KNOBS = {"BLOCK": [128, 256, 512]}
 
 SRC = r"""
@@ -205,19 +201,7 @@ extern "C" void scale(float* out, const float* x, float alpha, int64_t n, cudaSt
 }
 """
 _lib = fastpath.compile(SRC, lang="cuda", defines={"BLOCK": BLOCK})
-
-
-class ModelNew(nn.Module):
-    def __init__(self, alpha: float):
-        super().__init__()
-        self.alpha = alpha
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.contiguous()
-        out = torch.empty_like(x)
-        _lib.scale(out, x, self.alpha, x.numel())  # the stream is filled in
-        return out
-```'''
+''' + _EXAMPLE_MODEL.replace("{note}", "  # the stream is filled in")
 
 ASK_INITIAL = "Write ModelNew for {task_name}: faster than the reference on this device, and exactly as correct."
 ASK_CONTRASTIVE = """Above are earlier candidates for this task with the speedups the evaluator measured, \

@@ -10,7 +10,6 @@ namespaces when possible; runs the candidate).
 """
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import resource
@@ -19,24 +18,14 @@ import signal
 import socket
 import sys
 import time
-import traceback
 
-from sandbox import limits
 from sandbox.jail import namespaces as jail
+from sandbox.jail import startup
 
 
 def main() -> None:
     ctrl = socket.socket(fileno=int(sys.argv[1]))
-    for name in sys.argv[2:]:  # warm imports: torch, the worker's handler, triton where present
-        optional = name.startswith("?")
-        try:
-            module = importlib.import_module(name.lstrip("?"))
-        except ImportError:
-            if optional:
-                continue
-            raise
-        if hasattr(module, "warm_up"):  # lazy imports a first call would otherwise pay
-            module.warm_up()
+    startup.warm(sys.argv[2:])  # torch, the worker's handler, triton where present
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     ctrl.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
     while True:
@@ -175,14 +164,7 @@ def _worker(req: dict, sock_fd: int, log_fd: int, notes: list[str]) -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
-    os.closerange(3, sock_fd)
-    os.closerange(sock_fd + 1, 65536)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
-        signal.signal(sig, signal.SIG_DFL)
-    os.chdir(req["workdir"])
-    os.environ.clear()
-    os.environ.update(req["env"])
-    os.makedirs(req["env"]["TMPDIR"], exist_ok=True)
+    startup.settle(req, sock_fd)
     if os.geteuid() == 0 and req["isolate"].get("mount") and not any("mount" in n for n in notes):
         try:
             jail.lock_filesystem(req["writable"])
@@ -197,16 +179,7 @@ def _worker(req: dict, sock_fd: int, log_fd: int, notes: list[str]) -> None:
             jail.drop_capabilities()
         except OSError as e:
             notes.append(f"capabilities kept ({e.strerror})")
-    limits.set_rlimits(req.get("memory_bytes"), req["max_file_bytes"])
-    from sandbox.jail import loop
-
-    try:
-        loop.serve(socket.socket(fileno=sock_fd), req, notes)
-    except BaseException:  # the handler itself failed: say why in the log the supervisor reads
-        traceback.print_exc()
-        sys.stderr.flush()
-        raise
-
+    startup.serve(socket.socket(fileno=sock_fd), req, notes)
 
 if __name__ == "__main__":
     main()

@@ -17,19 +17,8 @@ from agent.loop.rl import KernelReward
 from agent.outputs.datasets import DatasetConfig, dpo, fenced, grpo, sft
 from store import Store
 from tasks.spec import load_task
-from tests.agent.review_data import DATA, WRONG, review_store
+from tests.agent.review_data import DATA, WRONG
 from tests.data.candidates import FAST
-
-
-@pytest.fixture(scope="module")
-def db(evaluator, tmp_path_factory) -> Path:
-    return review_store(evaluator, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def store(db: Path):
-    with Store.open(str(db), db) as st:
-        yield st
 
 
 def by_id(store: Store) -> dict[str, dict]:

@@ -19,7 +19,6 @@ from agent.outputs import export_select
 from agent.outputs.export import ExportError, rewrite_imports, runtime_source
 from store import Store
 from tasks.spec import load_task
-from tests.agent.review_data import review_store
 from tests.data.candidates import slow
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -66,11 +65,6 @@ COMPILED = textwrap.dedent("""
         y = f(x)
     print(json.dumps([bool(torch.allclose(y, torch.softmax(x, dim=1) + 1, atol=1e-5)), kwk.last_path("softmax")]))
 """)
-
-
-@pytest.fixture(scope="module")
-def db(evaluator, tmp_path_factory) -> Path:
-    return review_store(evaluator, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

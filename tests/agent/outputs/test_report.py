@@ -15,12 +15,6 @@ from agent.cli import review as cli_review  # noqa: F401 - registers the command
 from agent.cli.typer_app import app
 from agent.outputs.report import fmt_peak, fmt_speedup
 from store import Store
-from tests.agent.review_data import review_store
-
-
-@pytest.fixture(scope="module")
-def db(evaluator, tmp_path_factory) -> Path:
-    return review_store(evaluator, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

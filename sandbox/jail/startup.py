@@ -1,0 +1,55 @@
+"""What the fork server's workers and a container's worker do alike on their way in: warm
+imports before any request, then one process that keeps only its socket, runs in its work
+directory with the environment the supervisor chose, under its limits, and serves."""
+from __future__ import annotations
+
+import importlib
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+from sandbox import limits
+
+
+def warm(names: list[str]) -> None:
+    """Import these now (torch, the worker's handler; "?name": if installed) and pay their lazy
+    set-up, so that no worker pays it."""
+    for name in names:
+        try:
+            module = importlib.import_module(name.lstrip("?"))
+        except ImportError:
+            if name.startswith("?"):
+                continue
+            raise
+        if hasattr(module, "warm_up"):  # lazy imports a first call would otherwise pay
+            module.warm_up()
+
+
+def settle(req: dict[str, Any], keep_fd: int) -> None:
+    """Every descriptor but the socket closed, default signal handling, the work directory and
+    the worker's environment (nothing of the process that forked it)."""
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, 65536)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    os.chdir(req["workdir"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    os.makedirs(req["env"]["TMPDIR"], exist_ok=True)
+
+
+def serve(sock: socket.socket, req: dict[str, Any], notes: list[str]) -> None:
+    """Under the worker's limits, the request loop (sandbox/jail/loop.py) until the supervisor
+    says bye; a handler that fails says why in the log the supervisor reads."""
+    limits.set_rlimits(req.get("memory_bytes"), req["max_file_bytes"])
+    from sandbox.jail import loop
+
+    try:
+        loop.serve(sock, req, notes)
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        raise
