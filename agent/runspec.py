@@ -8,6 +8,10 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from evaluator.rules import POLICIES, policy
+from tasks.kernelbench import KernelBenchSelection
+from tasks.registry import resolve
+
 COMMANDS = ("optimize", "batch")
 
 
@@ -59,7 +63,6 @@ class RunSpec:
                                         or self.gpus_per_eval < 0):
             raise SpecError("--workers must be at least 1, --max-retries at least 0, --cpus-per-job positive "
                             "and --gpus-per-eval not negative")
-        from evaluator.rules import POLICIES
 
         if self.policy not in POLICIES:
             raise SpecError(f"unknown policy {self.policy!r} (use {', '.join(POLICIES)})")
@@ -92,19 +95,15 @@ class RunSpec:
         """The run's tasks: a built-in suite, KernelBench (scaled tasks are written under cache_dir), files."""
         from pathlib import Path
 
-        from tasks.registry import resolve
 
         if self.suite != "kernelbench":
             return resolve(self.suite, list(self.tasks) or None)
-        from tasks.kernelbench import KernelBenchSelection
 
         selection = KernelBenchSelection(Path(str(self.kernelbench)).expanduser().resolve(), self.levels,
                                          self.task_ids, self.scale)
         return resolve(self.suite, list(self.tasks) or None, kernelbench=selection, cache_dir=Path(cache_dir))
 
     def eval_policy(self) -> Any:
-        from evaluator.rules import policy
-
         return policy(self.policy)
 
     def optimize_config(self) -> Any:

@@ -12,6 +12,12 @@ from typing import Any, Callable, Iterator, TypeVar
 import typer
 
 from agent import settings as settings_mod
+from agent.runspec import resume_hint
+from sandbox.cpus import partition, usable
+from sandbox.docker import DockerConfig, DockerSandbox, DockerUnavailable, client_or_raise
+from sandbox.image import find_image, latest_tag
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.spec import TaskError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,7 +33,6 @@ def cli_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from evaluator.reference import ReferenceFailed
         from store.db import StoreError
-        from tasks.spec import TaskError
 
         try:
             return fn(*args, **kwargs)
@@ -87,7 +92,6 @@ def options(db: str | None, device: str, timeout: float | None, sandbox: str = "
         raise UserError("--image needs --sandbox docker")
     if sandbox == "docker":
         image = _docker_image(image)
-    from sandbox.cpus import partition
 
     try:
         timing_cpus = partition(s["timing_cpus"], device)
@@ -106,9 +110,6 @@ def options(db: str | None, device: str, timeout: float | None, sandbox: str = "
 
 def _docker_image(image: str | None) -> str:
     """The image to use, checked now: a missing daemon or image fails before any work."""
-    from sandbox.docker import DockerUnavailable, client_or_raise
-    from sandbox.image import find_image, latest_tag
-
     try:
         client = client_or_raise()
     except DockerUnavailable as e:
@@ -130,7 +131,6 @@ def machine_ceilings(opts: Options, store: Any = None) -> Any:
     if opts.ceilings == "off" or opts.device not in ("cpu", "cuda"):
         return None
     from evaluator import ceilings, gpu_ceilings
-    from sandbox.cpus import usable
     from store.ceilings import load_ceilings, save_ceilings
 
     quick = opts.ceilings == "quick"
@@ -162,15 +162,12 @@ def machine_ceilings(opts: Options, store: Any = None) -> Any:
 @contextlib.contextmanager
 def evaluator(opts: Options, **eval_kw: Any) -> Iterator[Any]:
     from evaluator.cascade import EvalConfig, Evaluator
-    from sandbox.process import ProcessSandbox, SandboxConfig
 
     eval_kw.setdefault("ceilings", machine_ceilings(opts))  # before the sandbox starts anything
     sb_cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
                            threads=opts.threads, isolate=opts.isolate, device=opts.device,
                            timing_cpus=opts.timing_cpus)
     if opts.sandbox == "docker":
-        from sandbox.docker import DockerConfig, DockerSandbox, DockerUnavailable
-
         try:
             sandbox: Any = DockerSandbox(sb_cfg, DockerConfig(image=str(opts.image)))
         except DockerUnavailable as e:
@@ -191,8 +188,6 @@ def evaluator(opts: Options, **eval_kw: Any) -> Iterator[Any]:
 def run_guard(store: Any, run_id: int, command: str, db: str | None) -> Iterator[None]:
     """A stored run's ending: Ctrl-C marks it interrupted and says how to resume (exit 130); any
     other escape marks it failed and goes on up. A normal exit leaves the status to the caller."""
-    from agent.runspec import resume_hint
-
     try:
         yield
     except KeyboardInterrupt:

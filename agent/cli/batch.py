@@ -12,53 +12,46 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from agent import settings
 from agent.cli import typer_app as o  # the options optimize and batch share
-from agent.cli.typer_app import app, begin_run, check_search, console, err_console, run_spec, suite_fields
+from agent.cli.display import summary_table
+from agent.cli.typer_app import (
+    SearchFlags,
+    app,
+    begin_run,
+    check_search,
+    console,
+    err_console,
+    run_spec,
+    search_command,
+)
 from agent.runspec import resume_hint
-from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, machine_ceilings, open_store, options
+from agent.runtime import UserError, cli_errors, machine_ceilings, open_store, options
 
 
 @app.command("batch")
 @cli_errors
+@search_command
 def batch_cmd(
-    suite: Optional[str] = o.SuiteOpt,
+    flags: SearchFlags,
     task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable; workers must see it)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto | ray://HOST:PORT; none: a local one"),
     workers: int = typer.Option(2, "--workers", help="Without --address: CPUs of the local Ray instance"),
     cpus_per_job: float = typer.Option(1.0, "--cpus-per-job", help="CPUs each job holds (its evaluations' threads)"),
     gpus_per_eval: float = typer.Option(1.0, "--gpus-per-eval", help="With --device cuda: GPUs each job's evaluations hold"),
     max_retries: int = typer.Option(3, "--max-retries", help="Times a job is rerun after its worker dies"),
-    strategy: str = o.StrategyOpt,
-    budget: int = o.BudgetOpt,
-    time_limit: Optional[float] = o.TimeLimitOpt,
-    max_cost: Optional[float] = o.MaxCostOpt,
-    concurrency: int = o.ConcurrencyOpt,
-    model: Optional[str] = o.ModelOpt,
-    base_url: Optional[str] = o.BaseUrlOpt,
-    api_key_env: str = o.ApiKeyEnvOpt,
-    tuner: str = o.TunerOpt,
-    tune_fraction: float = o.TuneFractionOpt,
-    seed: int = o.SeedOpt,
-    confirm: int = o.ConfirmOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this batch run as it was started; "
                                          "its stored flags stand, others given here are ignored"),
-    device: str = o.DeviceOpt, timeout: Optional[float] = o.TimeoutOpt, db: Optional[str] = o.DbOpt, as_json: bool = o.JsonOpt,
-    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = o.PolicyOpt,
-    kernelbench: Optional[str] = o.KernelBenchOpt, level: Optional[list[int]] = o.LevelOpt,
-    task_id: Optional[list[int]] = o.TaskIdOpt, scale: float = o.ScaleOpt,
+    db: Optional[str] = o.DbOpt, as_json: bool = o.JsonOpt,
 ) -> None:
     """Optimize many tasks at once on a Ray cluster (a local one by default), into one shared store."""
-    from agent import settings
     from agent.loop import batch
 
     def fresh() -> dict[str, Any]:
-        s = settings.read()
-        return dict(**suite_fields(suite, task, kernelbench, level, task_id, scale, policy), strategy=strategy,
-                    budget=budget, tuner=tuner, tune_fraction=tune_fraction, seed=seed, confirm=confirm,
-                    model=model or s["model"] or None, base_url=base_url or s["base_url"] or None,
-                    api_key_env=api_key_env, concurrency=concurrency, device=device, sandbox=sandbox, image=image,
-                    timeout_s=timeout, max_cost_usd=max_cost, time_limit_min=time_limit, address=address,
-                    workers=workers, cpus_per_job=cpus_per_job, gpus_per_eval=gpus_per_eval, max_retries=max_retries)
+        s = settings.read()  # workers start with no settings of their own: the driver's are the run's
+        return {**flags.spec_fields(task), "model": flags.model or s["model"] or None,
+                "base_url": flags.base_url or s["base_url"] or None, "address": address, "workers": workers,
+                "cpus_per_job": cpus_per_job, "gpus_per_eval": gpus_per_eval, "max_retries": max_retries}
 
     # the store is opened after the options are checked: bad input leaves no store behind
     store, spec = run_spec("batch", resume, db, fresh)
@@ -109,8 +102,6 @@ def batch_cmd(
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        from agent.cli.display import summary_table
-
         console.print(summary_table(summary))
     if failed:
         raise typer.Exit(1)
@@ -121,8 +112,6 @@ def _options(db: str | None, device: str, timeout: float | None, cpus_per_job: f
     """The optimize options, for workers: the GPU is checked where jobs run, not here; a SQLite
     path is made absolute (workers start elsewhere); threads follow the job's CPUs unless set.
     A docker image is looked up here, on the driver's engine: every node needs the same tag."""
-    from agent import settings
-
     if device not in ("cpu", "cuda"):
         raise UserError(f"unknown device {device!r} (use cpu or cuda)")
     opts = options(db, "cpu", timeout, sandbox, image)

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from agent.cli.typer_app import DbOpt, DeviceOpt, JsonOpt, app, console, err_console
 from agent.runtime import UserError, cli_errors, open_store, options
+from sandbox.cpus import usable
 
 RemeasureOpt = typer.Option(False, "--remeasure", help="Measure again even if the store has this machine's ceilings")
 ImportOpt = typer.Option(None, "--import", help="Store the ceilings a GPU device script measured (JSON)")
@@ -25,7 +26,6 @@ def device_cmd(db: str | None = DbOpt, as_json: bool = JsonOpt, remeasure: bool 
     GPU tensor-core rates per dtype) for what evaluations time on; what the store lacks is
     measured and stored."""
     from evaluator import ceilings, gpu_ceilings
-    from sandbox.cpus import usable
     from store.ceilings import load_ceilings, save_ceilings
 
     opts = options(db, device, None)

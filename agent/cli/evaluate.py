@@ -26,7 +26,14 @@ from agent.cli.typer_app import (
     suite_fields,
     tasks_app,
 )
+from agent.loop.judge import Record, judge
+from agent.loop.reward import RewardConfig
+from agent.runspec import RunSpec, SpecError
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
+from evaluator.compile_only import compile_candidate
+from sandbox.process import ProcessSandbox, SandboxConfig
+from tasks.registry import suite_tasks, suites
+from tasks.spec import load_task
 
 
 @app.command("eval")
@@ -38,10 +45,6 @@ def eval_cmd(
     as_json: bool = JsonOpt, sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = PolicyOpt,
 ) -> None:
     """Evaluate one candidate against a task, store the result and print the verdict."""
-    from agent.loop.judge import Record, judge
-    from agent.loop.reward import RewardConfig
-    from tasks.spec import load_task
-
     rules = check_policy(policy)
     task = load_task(task_file)
     source = read_candidate(candidate_file)
@@ -95,9 +98,6 @@ def compile_cmd(
     timeout: Optional[float] = TimeoutOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Compile a candidate's kernels without running them; on CUDA, report registers and spills."""
-    from evaluator.compile_only import compile_candidate
-    from sandbox.process import ProcessSandbox, SandboxConfig
-
     source = read_candidate(candidate_file)
     if device not in ("cpu", "cuda"):
         raise UserError(f"unknown device {device!r} (use cpu or cuda)")
@@ -131,9 +131,6 @@ def tasks_list(suite: Optional[str] = typer.Option(None, "--suite", help="Only t
                kernelbench: Optional[str] = KernelBenchOpt, level: Optional[list[int]] = LevelOpt,
                task_id: Optional[list[int]] = TaskIdOpt, scale: float = ScaleOpt, as_json: bool = JsonOpt) -> None:
     """List the built-in tasks, or a KernelBench checkout's."""
-    from agent.runspec import RunSpec, SpecError
-    from tasks.registry import suite_tasks, suites
-
     if suite == "kernelbench":
         try:
             spec = RunSpec("optimize", **suite_fields(suite, None, kernelbench, level, task_id, scale, "strict"))
@@ -160,8 +157,6 @@ def tasks_check(task_file: Path = typer.Argument(..., help="Task file to validat
                 timeout: Optional[float] = TimeoutOpt, as_json: bool = JsonOpt) -> None:
     """Validate a task: it imports, the reference runs and is deterministic, cheats would not pass."""
     from evaluator.taskcheck import check_task
-    from sandbox.process import ProcessSandbox, SandboxConfig
-    from tasks.spec import load_task
 
     task = load_task(task_file)
     opts = options(None, "cpu", timeout)

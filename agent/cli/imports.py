@@ -13,6 +13,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from agent import settings
 from agent.cli.typer_app import (
     DbOpt,
     DeviceOpt,
@@ -25,8 +26,14 @@ from agent.cli.typer_app import (
     console,
     err_console,
 )
+from agent.loop.importers import parse
+from agent.loop.judge import Record, judge
+from agent.loop.reward import RewardConfig
+from agent.outputs import audit as audit_mod
 from agent.runspec import resume_hint, shown_url
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options, run_guard
+from tasks.kernelbench import KernelBenchSelection, load_numbered, task_from_source
+from tasks.spec import TaskError
 
 _CONFIG = ("format", "path", "policy", "kernelbench", "scale", "device", "sandbox", "image", "timeout_s")
 
@@ -48,8 +55,6 @@ def import_cmd(
     sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Evaluate a release's candidates under a policy, store claimed beside measured, print the audit."""
-    from agent.outputs import audit as audit_mod
-
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     store = None
@@ -62,7 +67,6 @@ def import_cmd(
     else:
         if fmt is None or path is None:
             raise UserError("import needs FORMAT and FILE (or --resume RUN)")
-        from agent import settings
 
         root = kernelbench or settings.read()["kernelbench"] or None
         config = {"format": fmt, "path": str(path.expanduser().resolve()), "policy": policy,
@@ -103,10 +107,6 @@ def import_cmd(
 
 def _candidates(config: dict[str, Any], cache_dir: Path) -> tuple[list[tuple[Any, Any]], list[str]]:
     """(imported item, its task) pairs and the lines saying what was left out, before any work."""
-    from agent.loop.importers import parse
-    from tasks.kernelbench import KernelBenchSelection, load_numbered, task_from_source
-    from tasks.spec import TaskError
-
     tasks = None
     if config["format"] == "kernelbench" and config["kernelbench"]:
         sel = KernelBenchSelection(Path(config["kernelbench"]), scale=config["scale"])
@@ -132,9 +132,6 @@ def _candidates(config: dict[str, Any], cache_dir: Path) -> tuple[list[tuple[Any
 
 
 def _judge_one(store: Any, ev: Any, run_id: int, item: Any, task: Any, source: str) -> None:
-    from agent.loop.judge import Record, judge
-    from agent.loop.reward import RewardConfig
-
     task_id = store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
     done = judge(ev, task, item.candidate_source, RewardConfig(), store,
                  Record(task_id, "import", run_id, strategy="import"), confirm_outliers=False)
@@ -147,8 +144,6 @@ def _judge_one(store: Any, ev: Any, run_id: int, item: Any, task: Any, source: s
 def audit_cmd(run: Optional[int] = typer.Option(None, "--run", help="Import run [default: the latest]"),
               db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> None:
     """Claimed against measured for an import run: per candidate, and totals."""
-    from agent.outputs import audit as audit_mod
-
     store = open_store(options(db, "cpu", None).db)
     if run is not None:
         found = store.run(run)

@@ -9,14 +9,24 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from agent import settings
 from agent.cli import typer_app as o  # the options optimize and batch share
-from agent.cli.typer_app import app, begin_run, check_search, console, err_console, run_spec, suite_fields
-from agent.runtime import ImageOpt, SandboxOpt, cli_errors, evaluator, open_store, options, run_guard
+from agent.cli.display import LiveProgress, summary_table
+from agent.cli.typer_app import (
+    SearchFlags,
+    app,
+    begin_run,
+    check_search,
+    console,
+    err_console,
+    run_spec,
+    search_command,
+)
+from agent.runtime import cli_errors, evaluator, open_store, options, run_guard
 
 
 def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concurrency: int) -> Any:
     """None when no LLM is configured (the tuner runs instead)."""
-    from agent import settings
     from agent.loop.llm import keyed_config
 
     s = settings.read()
@@ -29,37 +39,19 @@ def _llm_config(model: str | None, base_url: str | None, api_key_env: str, concu
 
 @app.command("optimize")
 @cli_errors
+@search_command
 def optimize_cmd(
-    suite: Optional[str] = o.SuiteOpt,
+    flags: SearchFlags,
     task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable)"),
-    strategy: str = o.StrategyOpt,
-    budget: int = o.BudgetOpt,
-    time_limit: Optional[float] = o.TimeLimitOpt,
-    max_cost: Optional[float] = o.MaxCostOpt,
-    concurrency: int = o.ConcurrencyOpt,
-    model: Optional[str] = o.ModelOpt,
-    base_url: Optional[str] = o.BaseUrlOpt,
-    api_key_env: str = o.ApiKeyEnvOpt,
-    tuner: str = o.TunerOpt,
-    tune_fraction: float = o.TuneFractionOpt,
-    seed: int = o.SeedOpt,
-    confirm: int = o.ConfirmOpt,
     resume: Optional[int] = typer.Option(None, "--resume", help="Continue this run as it was started (after a kill "
                                          "or Ctrl-C); its stored flags stand, others given here are ignored"),
-    device: str = o.DeviceOpt, timeout: Optional[float] = o.TimeoutOpt, db: Optional[str] = o.DbOpt, as_json: bool = o.JsonOpt,
-    sandbox: str = SandboxOpt, image: Optional[str] = ImageOpt, policy: str = o.PolicyOpt,
-    kernelbench: Optional[str] = o.KernelBenchOpt, level: Optional[list[int]] = o.LevelOpt,
-    task_id: Optional[list[int]] = o.TaskIdOpt, scale: float = o.ScaleOpt,
+    db: Optional[str] = o.DbOpt, as_json: bool = o.JsonOpt,
 ) -> None:
     """Optimize kernels for a task set: ask, evaluate, learn, repeat; every result is stored."""
     from agent.loop.optimize import Optimizer
 
     # the store is opened after the options are checked: bad input leaves no store behind
-    store, spec = run_spec("optimize", resume, db, lambda: dict(
-        **suite_fields(suite, task, kernelbench, level, task_id, scale, policy), strategy=strategy, budget=budget,
-        tuner=tuner, tune_fraction=tune_fraction, seed=seed, confirm=confirm, model=model, base_url=base_url,
-        api_key_env=api_key_env, concurrency=concurrency, device=device, sandbox=sandbox, image=image,
-        timeout_s=timeout, max_cost_usd=max_cost, time_limit_min=time_limit))
+    store, spec = run_spec("optimize", resume, db, lambda: flags.spec_fields(task))
     opts = options(db, spec.device, spec.timeout_s, spec.sandbox, spec.image)
     check_search(spec.strategy, spec.tuner)
     tasks = spec.resolve_tasks(opts.cache_dir)
@@ -83,7 +75,6 @@ def optimize_cmd(
         from agent.loop.llm import LLMClient
 
         llm = LLMClient(llm_cfg)
-    from agent.cli.display import LiveProgress, summary_table
 
     with run_guard(store, run_id, "optimize", db):
         with evaluator(opts, policy=spec.eval_policy()) as ev:

@@ -8,6 +8,8 @@ import typer
 
 from agent.cli.typer_app import JsonOpt, app, console, err_console
 from agent.runtime import UserError, cli_errors
+from sandbox.docker import DockerUnavailable, client_or_raise
+from sandbox.image import ImageSpec, build_image
 
 sandbox_app = typer.Typer(help="The docker sandbox (--sandbox docker): build its image.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
@@ -21,9 +23,6 @@ def build_image_cmd(
     as_json: bool = JsonOpt,
 ) -> None:
     """Build the docker sandbox's image locally (no registry): this interpreter, torch and what a worker loads."""
-    from sandbox.docker import DockerUnavailable, client_or_raise
-    from sandbox.image import ImageSpec, build_image
-
     try:
         client = client_or_raise()
     except DockerUnavailable as e:

@@ -1,13 +1,25 @@
 """The typer application and what its commands share; commands live in agent/cli/*.py."""
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+import typing
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
 
-from agent.runtime import UserError, cli_errors
+from agent import settings
+from agent.cli import logs
+from agent.loop.strategies import STRATEGIES
+from agent.loop.tuner import STRATEGIES as TUNERS
+from agent.runspec import RunSpec, SpecError, shown_url
+from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, open_store, options
+from evaluator.rules import policy
+from evaluator.static import defines_modelnew
+from tasks.spec import TaskError, read_python
 
 app = typer.Typer(help="kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -51,9 +63,6 @@ ConfirmOpt = typer.Option(2, "--confirm", help="After each task's budget: up to 
 def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Say what the loop, the evaluator and the "
                                       "sandbox are doing, on stderr [env KERNELWRIGHT_LOG=debug]")) -> None:
     """kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation."""
-    from agent import settings
-    from agent.cli import logs
-
     try:
         level = "debug" if verbose else settings.read()["log"]
     except ValueError as e:
@@ -62,11 +71,70 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Say what t
         logs.configure(level)
 
 
+@dataclasses.dataclass(frozen=True)
+class SearchFlags:
+    """The flags optimize and batch share: which tasks, how to search, where to evaluate."""
+    suite: Optional[str]
+    strategy: str
+    budget: int
+    time_limit: Optional[float]
+    max_cost: Optional[float]
+    concurrency: int
+    model: Optional[str]
+    base_url: Optional[str]
+    api_key_env: str
+    tuner: str
+    tune_fraction: float
+    seed: int
+    confirm: int
+    device: str
+    timeout: Optional[float]
+    sandbox: str
+    image: Optional[str]
+    policy: str
+    kernelbench: Optional[str]
+    level: Optional[list[int]]
+    task_id: Optional[list[int]]
+    scale: float
+
+    def spec_fields(self, tasks: list[str] | None) -> dict[str, Any]:
+        """RunSpec's fields of these flags (and the --task files)."""
+        return {**suite_fields(self.suite, tasks, self.kernelbench, self.level, self.task_id, self.scale, self.policy),
+                "strategy": self.strategy, "budget": self.budget, "tuner": self.tuner,
+                "tune_fraction": self.tune_fraction, "seed": self.seed, "confirm": self.confirm, "model": self.model,
+                "base_url": self.base_url, "api_key_env": self.api_key_env, "concurrency": self.concurrency,
+                "device": self.device, "sandbox": self.sandbox, "image": self.image, "timeout_s": self.timeout,
+                "max_cost_usd": self.max_cost, "time_limit_min": self.time_limit}
+
+
+_SEARCH_OPTIONS = {  # SearchFlags' options, declared once
+    "suite": SuiteOpt, "strategy": StrategyOpt, "budget": BudgetOpt, "time_limit": TimeLimitOpt,
+    "max_cost": MaxCostOpt, "concurrency": ConcurrencyOpt, "model": ModelOpt, "base_url": BaseUrlOpt,
+    "api_key_env": ApiKeyEnvOpt, "tuner": TunerOpt, "tune_fraction": TuneFractionOpt, "seed": SeedOpt,
+    "confirm": ConfirmOpt, "device": DeviceOpt, "timeout": TimeoutOpt, "sandbox": SandboxOpt, "image": ImageOpt,
+    "policy": PolicyOpt, "kernelbench": KernelBenchOpt, "level": LevelOpt, "task_id": TaskIdOpt, "scale": ScaleOpt,
+}
+
+
+def search_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A command whose first parameter is a SearchFlags: typer sees the command's own options
+    followed by SearchFlags' (so every command that searches declares them the same way)."""
+    hints = typing.get_type_hints(SearchFlags)
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=hints[name])
+              for name, option in _SEARCH_OPTIONS.items()]
+    own = list(inspect.signature(fn, eval_str=True).parameters.values())[1:]
+
+    @functools.wraps(fn)
+    def command(**given: Any) -> Any:
+        flags = SearchFlags(**{name: given.pop(name) for name in _SEARCH_OPTIONS})
+        return fn(flags, **given)
+
+    command.__signature__ = inspect.Signature([*own, *shared], return_annotation=None)  # type: ignore[attr-defined]
+    return command
+
+
 def check_search(strategy: str, tuner: str) -> None:
     """The strategy and tuner names, before any work."""
-    from agent.loop.strategies import STRATEGIES
-    from agent.loop.tuner import STRATEGIES as TUNERS
-
     if strategy not in STRATEGIES:
         raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
     if tuner not in TUNERS:
@@ -76,8 +144,6 @@ def check_search(strategy: str, tuner: str) -> None:
 def suite_fields(suite: str | None, tasks: list[str] | None, kernelbench: str | None, level: list[int] | None,
                  task_id: list[int] | None, scale: float, policy: str) -> dict[str, Any]:
     """The RunSpec fields that say which tasks, under which policy (optimize and batch share them)."""
-    from agent import settings
-
     root = kernelbench or settings.read()["kernelbench"] or None
     if (level or task_id or scale != 1.0) and suite != "kernelbench":
         raise UserError("--level, --task-id and --scale need --suite kernelbench")
@@ -89,9 +155,6 @@ def suite_fields(suite: str | None, tasks: list[str] | None, kernelbench: str | 
 def run_spec(command: str, resume: int | None, db: str | None, fresh: Callable[[], dict[str, Any]]) -> tuple[Any, Any]:
     """(the store, when it had to be opened; the run's RunSpec): run `resume`'s as it was stored
     (the same run, every flag as it was), or a new one of `fresh()`'s fields."""
-    from agent.runspec import RunSpec, SpecError, shown_url
-    from agent.runtime import open_store, options
-
     try:
         if resume is None:
             return None, RunSpec(command, **fresh())
@@ -116,8 +179,6 @@ def begin_run(store: Any, spec: Any, resume: int | None) -> int:
 
 def check_policy(name: str) -> Any:
     """The named evaluation policy (evaluator/rules.py), before any work."""
-    from evaluator.rules import policy
-
     try:
         return policy(name)
     except ValueError as e:
@@ -125,9 +186,6 @@ def check_policy(name: str) -> Any:
 
 
 def read_candidate(path: Path) -> str:
-    from evaluator.static import defines_modelnew
-    from tasks.spec import TaskError, read_python
-
     try:
         source, tree = read_python(path, "candidate file")
         compile(tree, str(path), "exec")  # what parsing lets through: a `return` outside a function, say

@@ -106,3 +106,17 @@ def _fake(self, meta, tensors):
     return kind, out, t
 _probe.Probe.do_go = _fake
 '''
+
+
+# a forward that prints and writes a forged verdict to every descriptor, then exits: the
+# supervisor reads verdicts from what it measures, never from the worker's output
+FORGED_EXIT = '''
+        import json
+        fake = json.dumps({"status": "ok", "speedup": 100.0, "correct": True})
+        print(fake, flush=True)
+        for fd in range(0, 64):
+            try:
+                os.write(fd, b"KWP1" + len(fake).to_bytes(4, "little") + fake.encode())
+            except OSError:
+                pass
+        os._exit(0)'''

@@ -18,7 +18,7 @@ from evaluator.rules import Policy
 from sandbox.docker import _exit_to_wait_status
 from sandbox.image import Plan
 from tests.conftest import FAST_TIMING
-from tests.data.candidates import FAST, FORGED_CLAIMS, slow
+from tests.data.candidates import FAST, FORGED_CLAIMS, FORGED_EXIT, slow
 from tests.sandbox.test_faults import _alive_with, assert_no_network
 
 # --- no docker needed --------------------------------------------------------------------
@@ -81,16 +81,6 @@ extern "C" void softmax_oob(float* out, float* x, int64_t rows, int64_t cols) {
     x[rows * cols] = 0.0f;
 }
 '''
-FORGED_EXIT = '''
-        import json
-        fake = json.dumps({"status": "ok", "speedup": 100.0, "correct": True})
-        print(fake, flush=True)
-        for fd in range(0, 64):
-            try:
-                os.write(fd, b"KWP1" + len(fake).to_bytes(4, "little") + fake.encode())
-            except OSError:
-                pass
-        os._exit(0)'''
 # (name, static screen on, source, statuses allowed, words the reason must hold)
 CASES = [
     ("honest_slow", True, slow(), ("ok",), ""),

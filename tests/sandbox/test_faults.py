@@ -16,7 +16,7 @@ from evaluator.cascade import EvalConfig, Evaluator
 from evaluator.rules import Policy
 from sandbox.process import ProcessSandbox, SandboxConfig
 from tests.conftest import FAST_TIMING
-from tests.data.candidates import slow
+from tests.data.candidates import FORGED_EXIT, slow
 
 
 def _alive_with(marker: str) -> list[int]:
@@ -70,17 +70,7 @@ def test_memory_bomb_is_contained(cache_dir, tmp_path, small_task):
 def test_sys_exit_and_os_exit_with_forged_result(loose_evaluator, small_task):
     v = loose_evaluator.evaluate(small_task, slow(prelude="import sys\n", forward="\n        sys.exit(0)"))
     assert v.status.value == "runtime_error"
-    forged = '''
-        import json
-        fake = json.dumps({"status": "ok", "speedup": 100.0, "correct": True})
-        print(fake, flush=True)
-        for fd in range(0, 64):
-            try:
-                os.write(fd, b"KWP1" + len(fake).to_bytes(4, "little") + fake.encode())
-            except OSError:
-                pass
-        os._exit(0)'''
-    v = loose_evaluator.evaluate(small_task, slow(prelude="import os\n", forward=forged))
+    v = loose_evaluator.evaluate(small_task, slow(prelude="import os\n", forward=FORGED_EXIT))
     assert v.status.value in ("runtime_error", "incorrect")
     assert v.speedup is None
 

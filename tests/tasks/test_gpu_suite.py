@@ -128,15 +128,18 @@ def test_task_metadata(name: str):
         assert value is None or value > 0
 
 
+def _inputs(module, variant, seed: int) -> tuple[list, list]:
+    """(inputs, init inputs) of one shape variant, drawn under `seed`."""
+    old = apply_variant(module, variant)
+    try:
+        torch.manual_seed(seed)
+        return module.get_inputs(), module.get_init_inputs()
+    finally:
+        apply_variant(module, old)
+
+
 def _smallest_variant(module, variants) -> dict:
-    def size(v):
-        old = apply_variant(module, v)
-        try:
-            torch.manual_seed(0)
-            return sum(x.numel() for x in module.get_inputs() if isinstance(x, torch.Tensor))
-        finally:
-            apply_variant(module, old)
-    return min(variants, key=size)
+    return min(variants, key=lambda v: sum(x.numel() for x in _inputs(module, v, 0)[0] if isinstance(x, torch.Tensor)))
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -144,12 +147,7 @@ def test_reference_runs_on_cpu(name: str):
     task = _task(name)
     module = task.load_module()
     variant = _smallest_variant(module, task.meta.variants)
-    old = apply_variant(module, variant)
-    try:
-        torch.manual_seed(0)
-        inputs, init = module.get_inputs(), module.get_init_inputs()
-    finally:
-        apply_variant(module, old)
+    inputs, init = _inputs(module, variant, 0)
     if task.meta.input_devices:
         assert len(task.meta.input_devices) == len(inputs)
     before = [x.clone() for x in inputs]
@@ -228,12 +226,7 @@ def test_cpp_seed_matches_its_reference(name: str, tmp_path: Path, monkeypatch: 
     for config in (default, min(configs, key=lambda c: tuple(c.values()))):
         seed = _import_config(name, config, tmp_path)
         for variant in task.meta.variants:
-            old = apply_variant(module, variant)
-            try:
-                torch.manual_seed(1)
-                inputs, init = module.get_inputs(), module.get_init_inputs()
-            finally:
-                apply_variant(module, old)
+            inputs, init = _inputs(module, variant, 1)
             before = [x.clone() for x in inputs]
             with torch.no_grad():
                 want = module.Model(*init)(*inputs)
