@@ -13,27 +13,17 @@ from rich.live import Live
 from rich.table import Table
 
 from agent import settings
-from agent.cli import typer_app as o  # the options optimize and batch share
+from agent.cli import typer_app as o  # the application and the options every command shares
 from agent.cli.display import summary_table
-from agent.cli.typer_app import (
-    SearchFlags,
-    app,
-    begin_run,
-    check_search,
-    console,
-    err_console,
-    run_spec,
-    search_command,
-)
 from agent.runspec import resume_hint
 from agent.runtime import UserError, cli_errors, machine_ceilings, open_store, options
 
 
-@app.command("batch")
+@o.app.command("batch")
 @cli_errors
-@search_command
+@o.search_command
 def batch_cmd(
-    flags: SearchFlags,
+    flags: o.SearchFlags,
     task: Optional[list[str]] = typer.Option(None, "--task", help="Task file (repeatable; workers must see it)"),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster: auto | ray://HOST:PORT; none: a local one"),
     workers: int = typer.Option(2, "--workers", help="Without --address: CPUs of the local Ray instance"),
@@ -54,9 +44,9 @@ def batch_cmd(
                 "cpus_per_job": cpus_per_job, "gpus_per_eval": gpus_per_eval, "max_retries": max_retries}
 
     # the store is opened after the options are checked: bad input leaves no store behind
-    store, spec = run_spec("batch", resume, db, fresh)
+    store, spec = o.run_spec("batch", resume, db, fresh)
     opts = _options(db, spec.device, spec.timeout_s, spec.cpus_per_job, spec.sandbox, spec.image)
-    check_search(spec.strategy, spec.tuner)
+    o.check_search(spec.strategy, spec.tuner)
     tasks = spec.resolve_tasks(opts.cache_dir)
     if resume is None:  # docker: the image the options resolved is the run's
         spec = dataclasses.replace(spec, image=opts.image, tasks=tuple(str(t.path) for t in tasks) if spec.tasks else ())
@@ -68,14 +58,14 @@ def batch_cmd(
     store = store or open_store(opts.db)
     # measured here, once and before Ray starts: jobs measuring at once would each see a busy machine
     machine_ceilings(opts, store)
-    say = err_console.print if as_json else console.print
+    say = o.err_console.print if as_json else o.console.print
     try:
         resources = batch.connect(spec.address, spec.workers, worker_logs=not as_json)
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds for an unreachable or refused cluster
         raise UserError(f"cannot start or reach Ray{f' at {spec.address}' if spec.address else ''}: "
                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     try:
-        run_id = begin_run(store, spec, resume)
+        run_id = o.begin_run(store, spec, resume)
         jobs = batch.plan(store, tasks, spec.strategy)
         cfg = batch.BatchConfig(
             run_id=run_id, options=opts, optimize=spec.optimize_config(), llm=llm,
@@ -83,18 +73,18 @@ def batch_cmd(
             max_cost_per_job=spec.max_cost_usd / len(jobs) if spec.max_cost_usd is not None else None,
             cpus_per_job=spec.cpus_per_job, gpus_per_eval=spec.gpus_per_eval, max_retries=spec.max_retries,
             policy=spec.policy)
-        say = err_console.print if as_json else console.print
+        say = o.err_console.print if as_json else o.console.print
         say(f"Batch run {run_id}: {len(jobs)} jobs on Ray ({_resources(resources)}); "
             + (f"LLM {spec.model}, strategy {spec.strategy}" if llm else f"no LLM: tuning seed kernels ({spec.tuner})"))
         try:
             if as_json:
                 summary = batch.run_batch(store, cfg, jobs)
             else:
-                with Live(console=err_console, refresh_per_second=2, transient=True) as live:
+                with Live(console=o.err_console, refresh_per_second=2, transient=True) as live:
                     summary = batch.run_batch(store, cfg, jobs,
                                               on_progress=lambda b: live.update(_progress_table(b, spec.budget)))
         except KeyboardInterrupt:
-            err_console.print(f"Interrupted. Resume with: {resume_hint('batch', run_id, db)}")
+            o.err_console.print(f"Interrupted. Resume with: {resume_hint('batch', run_id, db)}")
             raise typer.Exit(130) from None
     finally:
         batch.shutdown()
@@ -102,7 +92,7 @@ def batch_cmd(
     if as_json:
         typer.echo(json.dumps(summary))
     else:
-        console.print(summary_table(summary))
+        o.console.print(summary_table(summary))
     if failed:
         raise typer.Exit(1)
 
