@@ -13,8 +13,11 @@ the kernel ends every process left in the container.
 from __future__ import annotations
 
 import os
+import select
+import signal
 import socket
 import sys
+import time
 
 from sandbox import protocol
 from sandbox.jail import startup
@@ -35,8 +38,48 @@ def main() -> None:
         with open(os.path.join(req["workdir"], os.path.basename(name)), "w") as f:
             f.write(text)
     sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            _worker(req, sock)
+            code = 0
+        finally:
+            os._exit(code)
+    os._exit(_keep(pid, sock, time.monotonic() + float(req["hard_timeout_s"])))
+
+
+def _keep(pid: int, sock: socket.socket, deadline: float) -> int:
+    """Reap until the worker ends; kill it when the supervisor hangs up or time is up."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP)  # never read: that is the worker's
+    status = None
+    while status is None:
+        while True:
+            try:
+                done, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return 70
+            if not done:
+                break
+            if done == pid:
+                status = st
+                break
+        if status is None and (poller.poll(50) or time.monotonic() > deadline):
+            os.kill(pid, signal.SIGKILL)
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def _worker(req: dict, sock: socket.socket) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     startup.settle(req, sock.fileno())
     startup.serve(sock, req, [])
+
 
 if __name__ == "__main__":
     main()
