@@ -135,9 +135,9 @@ def checked(request: str, reply: Reply) -> Reply:
     want, shape = ANSWERS[request]
     if kind != want:
         raise MalformedReply(f"malformed_reply: {kind!r} answered {request!r} (expected {want!r})")
-    problem = _problem(meta, shape, kind)
-    if problem:
-        raise MalformedReply(f"malformed_reply: {problem}")
+    problem = _checker(shape)(meta)
+    if problem is not None:
+        raise MalformedReply(f"malformed_reply: {kind}{problem}")
     return reply
 
 
@@ -148,43 +148,75 @@ def checked_timed(request: str, reply: tuple[str, dict[str, Any], list[Any], flo
     return reply
 
 
-def _problem(value: Any, shape: Any, where: str) -> str | None:
-    """Why `value` is not of `shape` (None: it is). Keys a shape does not name are allowed."""
-    if shape is Any:
-        return None
-    if typing.is_typeddict(shape):
-        if not isinstance(value, dict):
-            return f"{where} is {type(value).__name__}, not an object"
-        missing = sorted(k for k in shape.__required_keys__ if k not in value)
-        if missing:
-            return f"{where} lacks {', '.join(missing)}"
-        hints = _hints(shape)
-        return next((p for k, v in value.items() if k in hints and (p := _problem(v, hints[k], f"{where}.{k}"))), None)
-    origin, args = typing.get_origin(shape), typing.get_args(shape)
-    if origin in (Union, types.UnionType):
-        return None if any(_problem(value, a, where) is None for a in args) else f"{where} is {_name(value)}"
-    if origin is list:
-        if not isinstance(value, list):
-            return f"{where} is {_name(value)}, not a list"
-        return next((p for i, v in enumerate(value) if (p := _problem(v, args[0], f"{where}[{i}]"))), None)
-    if origin is dict:
-        if not isinstance(value, dict):
-            return f"{where} is {_name(value)}, not an object"
-        return next((p for k, v in value.items() if (p := _problem(v, args[1], f"{where}.{k}"))), None)
-    if shape is type(None):
-        return None if value is None else f"{where} is {_name(value)}, not null"
-    if shape is float:  # JSON writes 2.0 as 2.0 but a count as an int: both are numbers
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    elif shape is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    else:
-        ok = isinstance(value, shape)
-    return None if ok else f"{where} is {_name(value)}, not {shape.__name__}"
+Check = typing.Callable[[Any], "str | None"]  # None, or where below the value and what is wrong there
 
 
 @functools.cache
-def _hints(shape: Any) -> dict[str, Any]:
-    return typing.get_type_hints(shape)
+def _checker(shape: Any) -> Check:
+    """A check of `shape`, built once per shape (the answers of every timing round go through
+    it). Keys a shape does not name are allowed."""
+    if shape is Any:
+        return lambda value: None
+    if typing.is_typeddict(shape):
+        required = sorted(shape.__required_keys__)
+        fields = {k: _checker(t) for k, t in typing.get_type_hints(shape).items()}
+
+        def typed(value: Any) -> str | None:
+            if not isinstance(value, dict):
+                return f" is {type(value).__name__}, not an object"
+            missing = [k for k in required if k not in value]
+            if missing:
+                return f" lacks {', '.join(missing)}"
+            for k, v in value.items():
+                check = fields.get(k)
+                if check is not None and (p := check(v)) is not None:
+                    return f".{k}{p}"
+            return None
+        return typed
+    origin, args = typing.get_origin(shape), typing.get_args(shape)
+    if origin in (Union, types.UnionType):
+        options = [_checker(a) for a in args]
+        if all(o in _LEAVES for o in options):  # numbers or strings, say: one look at the type
+            return _leaf(frozenset().union(*(_LEAVES[o] for o in options)), " or ".join(a.__name__ for a in args))
+        return lambda value: None if any(c(value) is None for c in options) else f" is {_name(value)}"
+    if origin is list:
+        item = _checker(args[0])
+        kinds = _LEAVES.get(item)
+
+        def listed(value: Any) -> str | None:
+            if not isinstance(value, list):
+                return f" is {_name(value)}, not a list"
+            if kinds is not None and all(type(v) in kinds for v in value):
+                return None
+            for i, v in enumerate(value):
+                if (p := item(v)) is not None:
+                    return f"[{i}]{p}"
+            return None
+        return listed
+    if origin is dict:
+        entry = _checker(args[1])
+
+        def mapped(value: Any) -> str | None:
+            if not isinstance(value, dict):
+                return f" is {_name(value)}, not an object"
+            for k, v in value.items():
+                if (p := entry(v)) is not None:
+                    return f".{k}{p}"
+            return None
+        return mapped
+    # JSON writes 2.0 as 2.0 but a count as an int: a float may be either; a bool is neither
+    accepted = {float: (int, float), int: (int,)}.get(shape, (shape,))
+    return _leaf(frozenset(accepted), "null" if shape is type(None) else shape.__name__)
+
+
+_LEAVES: dict[Check, frozenset[type]] = {}  # the checks that only look at a value's type, and the types they accept
+
+
+def _leaf(accepted: frozenset[type], what: str) -> Check:
+    def check(value: Any) -> str | None:
+        return None if type(value) in accepted else f" is {_name(value)}, not {what}"
+    _LEAVES[check] = accepted
+    return check
 
 
 def _name(value: Any) -> str:
