@@ -37,16 +37,7 @@ def main() -> None:
     for name, text in req.pop("files", {}).items():
         with open(os.path.join(req["workdir"], os.path.basename(name)), "w") as f:
             f.write(text)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        code = 70
-        try:
-            _worker(req, sock)
-            code = 0
-        finally:
-            os._exit(code)
+    pid = startup.forked(_worker, req, sock)
     os._exit(_keep(pid, sock, time.monotonic() + float(req["hard_timeout_s"])))
 
 

@@ -36,16 +36,7 @@ def main() -> None:
         if not msg:
             break  # the supervisor is gone: so are we
         req = json.loads(msg)
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                ctrl.close()
-                _keeper(req, *fds)
-            finally:
-                os._exit(code)
+        pid = startup.forked(_keeper, req, *fds, ctrl)  # the keeper exits on its own
         for fd in fds:
             os.close(fd)
         ctrl.send(json.dumps({"pid": pid}).encode())
@@ -75,7 +66,8 @@ def _enter_namespaces(req: dict) -> list[str]:
     return notes
 
 
-def _keeper(req: dict, sock_fd: int, log_fd: int, status_fd: int) -> None:
+def _keeper(req: dict, sock_fd: int, log_fd: int, status_fd: int, ctrl: socket.socket) -> None:
+    ctrl.close()  # the fork server's own channel: not the worker's
     os.setsid()
     notes = []
     for d in req.get("cgroup", []):

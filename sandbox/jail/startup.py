@@ -9,7 +9,7 @@ import signal
 import socket
 import sys
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from sandbox import limits
 
@@ -26,6 +26,22 @@ def warm(names: list[str]) -> None:
             raise
         if hasattr(module, "warm_up"):  # lazy imports a first call would otherwise pay
             module.warm_up()
+
+
+def forked(child: Callable[..., object], *args: Any) -> int:
+    """Fork; the child runs `child(*args)` and exits (0 if it returned, 70 if it raised), never
+    coming back; the parent gets its pid."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            child(*args)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
 
 
 def settle(req: dict[str, Any], keep_fd: int) -> None:

@@ -120,3 +120,12 @@ FORGED_EXIT = '''
             except OSError:
                 pass
         os._exit(0)'''
+
+
+def orphans(marker: str, indent: str = "") -> str:
+    """Code that leaves `sleep marker` processes behind: one in a session of its own, one
+    double-forked out of the worker's; `os` must be imported where it runs."""
+    lines = ["import subprocess", f'subprocess.Popen(["sleep", "{marker}"], start_new_session=True)',
+             "if os.fork() == 0:", "    os.setsid()", "    if os.fork() == 0:",
+             f'        os.execvp("sleep", ["sleep", "{marker}"])', "    os._exit(0)"]
+    return "".join(indent + line + "\n" for line in lines)

@@ -18,7 +18,7 @@ from evaluator.rules import Policy
 from sandbox.docker import _exit_to_wait_status
 from sandbox.image import Plan
 from tests.conftest import FAST_TIMING
-from tests.data.candidates import FAST, FORGED_CLAIMS, FORGED_EXIT, slow
+from tests.data.candidates import FAST, FORGED_CLAIMS, FORGED_EXIT, orphans, slow
 from tests.sandbox.test_faults import _alive_with, assert_no_network
 
 # --- no docker needed --------------------------------------------------------------------
@@ -133,14 +133,7 @@ def test_memory_bomb_is_contained(docker_loose, small_task):
 
 def test_fork_bomb_and_orphans_die_with_the_container(docker_loose, small_task):
     marker = "876543.219"
-    prelude = f"""import os, subprocess, time
-subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        os.execvp("sleep", ["sleep", "{marker}"])
-    os._exit(0)
-time.sleep(0.3)
+    prelude = "import os, time\n" + orphans(marker) + f"""time.sleep(0.3)
 _SLEEPERS = sum(1 for p in os.listdir("/proc") if p.isdigit() and "{marker}" in open(f"/proc/{{p}}/cmdline").read())
 """
     check = """

@@ -16,7 +16,7 @@ from evaluator.cascade import EvalConfig, Evaluator
 from evaluator.rules import Policy
 from sandbox.process import ProcessSandbox, SandboxConfig
 from tests.conftest import FAST_TIMING
-from tests.data.candidates import FORGED_EXIT, slow
+from tests.data.candidates import FORGED_EXIT, orphans, slow
 
 
 def _alive_with(marker: str) -> list[int]:
@@ -77,15 +77,7 @@ def test_sys_exit_and_os_exit_with_forged_result(loose_evaluator, small_task):
 
 def test_orphaned_children_are_killed(loose_evaluator, small_task):
     marker = "987654.321"
-    spawn = f'''
-        import subprocess
-        subprocess.Popen(["sleep", "{marker}"], start_new_session=True)
-        if os.fork() == 0:
-            os.setsid()
-            if os.fork() == 0:
-                os.execvp("sleep", ["sleep", "{marker}"])
-            os._exit(0)
-        out = torch.empty_like(x)
+    spawn = "\n" + orphans(marker, " " * 8) + '''        out = torch.empty_like(x)
         _lib.softmax_slow(out, x, x.shape[0], x.shape[1])
         return out'''
     loose_evaluator.evaluate(small_task, slow(prelude="import os\n", forward=spawn))
