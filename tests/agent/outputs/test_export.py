@@ -210,14 +210,18 @@ def slow_db(db: Path, evaluator, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("slow-store") / "kw.db"
     shutil.copyfile(db, out)
     task_file = out.parent / "softmax_slowonly.py"
-    task_file.write_text((ROOT / "tests" / "data" / "softmax_small.py").read_text())
+    # A source of its own: the store keys tasks by source, so a byte copy of softmax_small would
+    # rename that task and its best (fast) kernel would stand as this one's.
+    task_file.write_text((ROOT / "tests" / "data" / "softmax_small.py").read_text() + "# the slow-only copy\n")
     task = load_task(task_file)
     source = slow()
     verdict = evaluator.evaluate(task, source)
     assert verdict.status.value == "ok" and verdict.speedup < 1, verdict.reason
     with Store.open(str(out), out) as store:
+        tasks_before = len(store.tasks())
         task_id = store.upsert_task(task.name, "test", task.source, str(task.path))
         store.record(task_id, source, {**verdict.to_json(), "log": verdict.log}, origin="user")
+        assert len(store.tasks()) == tasks_before + 1  # a new task, not a renamed one
     return out
 
 
