@@ -101,25 +101,21 @@ class CandidateRun:
         self._reject(coverage.check(self.coverage, self.ev.cfg.policy.min_coverage))
         if flag := rules.lazy(self.coverage.share if self.coverage else None, self.ev.cfg.policy):
             self.flags.append(flag)
-        self._resolve()
         self._roofline()
-
-    def _gross_ms(self) -> float:
-        """The time per call with the rounds' overhead left in: an upper bound of the kernel's own."""
-        r = self.rounds
-        return statistics.median(wall / k for wall, k in zip(r.wall_ms, r.calls)) if r.calls else 0.0
 
     def _resolve(self) -> None:
         """A kernel too fast to tell from the rounds' overhead (an overhead measured apart, on the
         reference's worker, that a loaded machine can inflate past a whole round) gets the time
-        with the overhead in as its figure: never faster than it ran, so its speedup is a lower
-        bound of the true one, and said so."""
-        if self.timing is None or self.timing.median_ms > 0:
+        with the overhead in as its figure, before anything reads its median: never faster than
+        it ran, so its speedup is a lower bound of the true one, and said so."""
+        t = self.timing
+        if t is None or t.median_ms > 0 or not self.rounds.calls:
             return
-        gross = self._gross_ms()
-        self.flags.append(f"timing_unresolved: no time beyond the rounds' overhead; the figure is {gross:.3g} ms "
-                          "per call with the overhead in (its speedup a lower bound)")
-        self.timing = dataclasses.replace(self.timing, median_ms=gross)
+        gross = Timing.from_samples(self.rounds.gross_ms, t.wall_ms)
+        self.flags.append(f"timing_unresolved: no time beyond the rounds' overhead; the figure is "
+                          f"{gross.median_ms:.3g} ms per call with the overhead in (its speedup a lower bound)")
+        self.timing = dataclasses.replace(t, samples_ms=gross.samples_ms, median_ms=gross.median_ms,
+                                          spread_ms=gross.spread_ms)
 
     def _roofline(self) -> None:
         """Peak fractions of both sides' medians; the physical-bound gate on the candidate's,
@@ -131,7 +127,7 @@ class CandidateRun:
         c, w, ms = self.ev.ceilings, self.work, self.timing.median_ms if self.timing else 0.0
         if c is None or w is None:
             return
-        gross = self._gross_ms() or ms
+        gross = statistics.median(self.rounds.gross_ms) if self.rounds.calls else ms
         ref_ms = self.ref_timing.median_ms if self.ref_timing else 0.0
         beyond = roofline.beyond_roofline(w, c, gross)
         # the reference is trusted code: faster than the ceilings, it proves them low
@@ -175,17 +171,18 @@ class CandidateRun:
             got, after = decode_outputs(meta, out)
         except ProtocolError as e:
             raise WorkerDied(f"protocol violation: {e}") from None
-        reason = rules.check_call(meta.get("report", {}), self.ev.cfg.policy, self.kernel_names)
-        self.torch_ops.update(rules.compute_ops([str(op) for op in meta.get("report", {}).get("aten_ops", [])]))
+        report = meta["report"]  # its fields' types checked (evaluator/messages.py CallReport)
+        reason = rules.check_call(report, self.ev.cfg.policy, self.kernel_names)
+        self.torch_ops.update(rules.compute_ops(report.get("aten_ops", [])))
         if reason:
             raise Fail(Status.REJECTED, f"{reason} [{name}]")
         sent = [a for a in args if isinstance(a, torch.Tensor)]
         if len(after) != len(sent) or not all(_same_bytes(a, b) for a, b in zip(after, sent)):
             raise Fail(Status.REJECTED, f"inputs_mutated: forward changed its input tensors [{name}]")
-        spent = meta.get("report", {}).get("gpu_kernel_us")
-        if self.device == "cuda" and isinstance(spent, dict) and self.coverage is None:
-            self.coverage = coverage.from_gpu_profile({str(k): float(v) for k, v in spent.items()}, self.kernel_names)
-        if meta.get("report", {}).get("native_threads_added", 0) > 0 and self.trials:
+        spent = report.get("gpu_kernel_us")
+        if self.device == "cuda" and spent is not None and self.coverage is None:
+            self.coverage = coverage.from_gpu_profile(spent, self.kernel_names)
+        if report.get("native_threads_added", 0) > 0 and self.trials:
             self.flags.append("thread_growth: native threads kept appearing after the first call")
         return got
 
@@ -255,10 +252,7 @@ class CandidateRun:
         for attempt in (1, 2):  # a lone slow call may be the machine's hiccup: it must happen twice
             self.go_cpu = [0.0, 0.0, True]  # CPU and wall seconds inside the rounds; measurable
             self.escaped: list[tuple[int, str]] = []  # worker threads found allowed off the timing cores
-            try:
-                r = rounds.measure(self._round_call(), params, overhead, slow_ms, self._round_window)
-            except (KeyError, TypeError, ValueError) as e:
-                raise WorkerDied(f"protocol violation in a timing round: {e}") from None
+            r = rounds.measure(self._round_call(), params, overhead, slow_ms, self._round_window)
             self.rounds, self.timing = r, timing_from_rounds(r, overhead)
             cpu_s, wall_s, measured = self.go_cpu
             self._reject(timing_checks.threads_escaped(self.escaped, self.ev.timing_cpus))
@@ -271,6 +265,7 @@ class CandidateRun:
                 break
             if attempt == 2:
                 self._reject(skipped)
+        self._resolve()
         cand = self.timing
         assert cand is not None and self.ref_timing is not None  # set by the rounds above
         if self.device == "cuda":

@@ -59,7 +59,6 @@ class SumsRequest(TypedDict):
     seed: int
     sign_seed: int
     indices: list[int]
-    variant: NotRequired[dict[str, Any] | None]
 
 
 class Empty(TypedDict):
@@ -97,7 +96,7 @@ class Staged(TypedDict):
     bytes_per_call: int
 
 
-Checksum = list[list[Union[float, str]]]  # per output: [sum, signed sum, elements, dtype]
+Checksum = list[list[Union[float, str]]]  # per output: [signed sum, sum of squares, elements, dtype]
 
 
 class Went(TypedDict):
@@ -118,7 +117,7 @@ class Sums(TypedDict):
 ANSWERS: dict[str, tuple[str, type]] = {  # request kind -> (answer kind, its shape)
     "load": ("loaded", Loaded), "init": ("ready", Empty), "run": ("outputs", Outputs),
     "run_seeded": ("outputs", Outputs), "cores": ("cores", Empty), "stage": ("staged", Staged),
-    "go": ("went", Went), "last": ("last", Last), "sums": ("sums", Sums), "ping": ("pong", Empty),
+    "go": ("went", Went), "last": ("last", Last), "sums": ("sums", Sums),
 }
 
 

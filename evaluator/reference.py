@@ -146,7 +146,7 @@ class ReferenceSession:
 
         r = rounds.measure(call, {**params, "variant": variant})
         self._call("cores", CoresRequest(timing=False))
-        if params.get("variant") is None and not params.get("compiled"):
+        if variant is None and not params.get("compiled"):
             self._sums.update(r.sums)  # what every candidate's timed outputs must match
         return timing_from_rounds(r)
 

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Callable, ContextManager
 
-from evaluator.messages import GoRequest, StageRequest
+from evaluator.messages import GoRequest, MalformedReply, StageRequest
 
 Call = Callable[..., tuple[str, dict[str, Any], list[Any]]]
 STAGED_BYTES = 256 << 20  # inputs staged for one round at most
@@ -58,6 +58,12 @@ class Rounds:
     overhead: Overhead | None = None
     bytes_per_call: int = 0  # inputs staged per call
 
+    @property
+    def gross_ms(self) -> list[float]:
+        """Per round, the time per call with the rounds' overhead left in: an upper bound of the
+        kernel's own."""
+        return [wall / k for wall, k in zip(self.wall_ms, self.calls)]
+
 
 def empty_round_ms(call: Call, params: dict[str, Any], n: int = 5) -> float:
     """A round of no calls, at best (load only ever adds time): the request's round trip and
@@ -84,11 +90,10 @@ def _round(call: Call, params: dict[str, Any], first: int, calls: int,
     with window():
         went, wall = timed(call, "go", GoRequest(compiled=bool(params.get("compiled")),
                                                  sign_seed=params.get("sign_seed", 0)))
-    for key in ("claims_ms", "checksums"):
-        got = went.get(key)
-        if not isinstance(got, list) or len(got) != calls:
-            raise ValueError(f"the worker reported {len(got) if isinstance(got, list) else 'no'} {key} for {calls} calls")
-    return wall, went, int(staged.get("bytes_per_call") or 0)
+    for key in ("claims_ms", "synced_ms", "checksums"):  # lists by their shape (evaluator/messages.py); their lengths here
+        if len(went[key]) != calls:
+            raise MalformedReply(f"malformed_reply: the worker reported {len(went[key])} {key} for {calls} calls")
+    return wall, went, int(staged["bytes_per_call"])
 
 
 def sampled_round(call: Call, params: dict[str, Any], first: int, per_call_ms: float, bytes_per_call: int,
@@ -149,8 +154,8 @@ def measure(call: Call, params: dict[str, Any], overhead: Overhead | None = None
         r.calls.append(k)
         r.wall_ms.append(wall)
         r.claimed += claims
-        r.synced += _floats(went.get("synced_ms") or claims)
-        for j, s in enumerate(went.get("checksums") or []):
+        r.synced += _floats(went["synced_ms"])
+        for j, s in enumerate(went["checksums"]):
             r.sums[done + j] = s
         done += k
         r.last_index = done - 1

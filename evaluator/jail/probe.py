@@ -297,9 +297,6 @@ class Probe:
         inputs_after: list[Any] = [a for a in args if isinstance(a, torch.Tensor)] if checks else []
         return "outputs", {"tree": tree, "report": report, "n_outputs": len(snap)}, snap + inputs_after
 
-    def do_ping(self, meta: Empty, _: list[Any]) -> tuple[str, Empty, list[Any]]:
-        return "pong", {}, []
-
     def _profiler(self) -> Any:
         from torch.profiler import ProfilerActivity, profile
 
@@ -365,7 +362,7 @@ class Probe:
         seed, sums, signs = int(meta["seed"]), [], self._signs(int(meta.get("sign_seed", 0)))
         with torch.no_grad():
             for i in meta["indices"]:
-                sums += checksums([self.model(*self._timed_inputs(seed, int(i), meta.get("variant")))], signs)
+                sums += checksums([self.model(*self._timed_inputs(seed, int(i), None))], signs)  # default shape
         return "sums", {"checksums": sums}, []
 
     def _signs(self, seed: int) -> Signs:

@@ -121,7 +121,6 @@ def _gate(net_ms: float, wall_ms: list[float], calls: list[int]):
                           timing=Timing.from_samples([net_ms] * len(calls), sum(wall_ms)),
                           ref_timing=Timing.from_samples([50.0], 50.0),
                           rounds=Rounds(wall_ms=wall_ms, calls=calls), _reject=CandidateRun._reject)
-    run._gross_ms = lambda: CandidateRun._gross_ms(run)  # type: ignore[arg-type]
     CandidateRun._resolve(run)  # type: ignore[arg-type]
     CandidateRun._roofline(run)  # type: ignore[arg-type]
     return run
@@ -135,6 +134,7 @@ def test_the_gate_judges_the_time_with_the_rounds_overhead_in():
     run = _gate(0.0, [300.0, 330.0], [10, 11])
     assert any(f.startswith("timing_unresolved:") and "figure is 30 ms" in f for f in run.flags), run.flags
     assert run.timing.median_ms == pytest.approx(30.0) and run.peak["peak_fraction"] == pytest.approx(1 / 3)
+    assert run.timing.samples_ms == pytest.approx((30.0, 30.0)) and run.timing.spread_ms == pytest.approx(0.0)
     # net 1 ms (10x the ceiling) but 30 ms a call with the overhead in: the overhead decides, not physics
     run = _gate(1.0, [300.0, 330.0], [10, 11])
     assert run.flags == [] and run.peak["peak_fraction"] == pytest.approx(10.0)

@@ -36,7 +36,7 @@ def test_a_slowed_worker_clock_does_not_move_the_figure(loose_evaluator, small_t
     assert forged.speedup < 1.0  # still the honest slow kernel
 
 
-def test_a_round_that_reports_fewer_calls_is_a_protocol_violation(loose_evaluator, small_task):
+def test_a_round_that_reports_fewer_calls_is_a_malformed_reply(loose_evaluator, small_task):
     prelude = '''import sys
 _probe = sys.modules["evaluator.jail.probe"]
 _real = _probe.Probe.do_go
@@ -46,7 +46,7 @@ def _fake(self, meta, tensors):
 _probe.Probe.do_go = _fake
 '''
     v = loose_evaluator.evaluate(small_task, slow(prelude=prelude))
-    assert v.status.value == "runtime_error" and "protocol violation" in v.reason, (v.status, v.reason)
+    assert v.status.value == "rejected" and "malformed_reply: the worker reported 1 claims_ms" in v.reason, v.reason
 
 
 def test_every_timed_output_is_checked(sandbox, small_task):
@@ -96,7 +96,7 @@ def test_measure_sizes_rounds_from_the_second_warmup_round():
         if kind == "go":
             first, k = seen[-1]
             time.sleep((0.1 if first < -2 else 0.0) + k * 0.001)
-            return "went", {"claims_ms": [1.0] * k, "checksums": [[]] * k}, []
+            return "went", {"claims_ms": [1.0] * k, "synced_ms": [1.0] * k, "checksums": [[]] * k}, []
         return "pong", {}, []
 
     params = {"seed": 1, "sign_seed": 2, "warmup": 2, "min_iters": 10, "max_iters": 100, "target_s": 0.0,
