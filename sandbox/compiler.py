@@ -163,6 +163,12 @@ def run_compiler(cmd: list[str], cwd: Path, timeout_s: float, max_log: int) -> t
     return code, text
 
 
+def run_until(cmd: list[str], cwd: Path, deadline: float, max_log: int) -> tuple[int | None, str]:
+    """run_compiler by a deadline (time.perf_counter) that all of a build's steps share."""
+    left = deadline - time.perf_counter()
+    return run_compiler(cmd, cwd, left, max_log) if left > 0 else (None, "")
+
+
 FAILED = "failed.log"  # a build the compiler refused, where kept: the same source then fails at once
 
 
@@ -175,8 +181,8 @@ class Recipe:
     key: str
     product: str
     files: Mapping[str, str]
-    steps: Callable[[Path], tuple[int | None, str]]  # (exit code, None on timeout; log)
-    timeout_s: float
+    steps: Callable[[Path, float], tuple[int | None, str]]  # (where, deadline) -> (exit code, None on timeout; log)
+    timeout_s: float  # all the steps together
     keep_failures: bool = False
 
 
@@ -201,7 +207,7 @@ def cached_build(recipe: Recipe, cache_dir: Path) -> BuildResult:
         for name, text in recipe.files.items():
             (tmpd / name).write_text(text)
         try:
-            code, log = recipe.steps(tmpd)
+            code, log = recipe.steps(tmpd, time.perf_counter() + recipe.timeout_s)
         except FileNotFoundError as e:
             return result(False, f"compiler not found: {e.filename or e}")
         log = log.replace(str(tmpd) + "/", "")
@@ -232,12 +238,12 @@ def build(spec: CompileSpec, cfg: CompilerConfig) -> BuildResult:
     """Compile (or find in the cache) one shared library. Never raises on bad source."""
     src = "kernel.cu" if spec.lang == "cuda" else "kernel.cpp"
 
-    def steps(where: Path) -> tuple[int | None, str]:
+    def steps(where: Path, deadline: float) -> tuple[int | None, str]:
         out = where / "lib.so"  # a cubin keeps this name too: one cache layout
-        code, log = run_compiler(command(spec, cfg, where / src, out), where, cfg.timeout_s, cfg.max_log_bytes)
+        code, log = run_until(command(spec, cfg, where / src, out), where, deadline, cfg.max_log_bytes)
         link = link_command(spec, cfg, out)
         if code == 0 and link:
-            code, more = run_compiler(link, where, cfg.timeout_s, cfg.max_log_bytes)
+            code, more = run_until(link, where, deadline, cfg.max_log_bytes)
             log += more
         return code, log
 

@@ -27,11 +27,10 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from sandbox.compiler import BuildResult, CompilerConfig, Recipe, cached_build, compiler_version, run_compiler
+from sandbox.compiler import BuildResult, CompilerConfig, Recipe, cached_build, compiler_version, run_until
 
 FORMAT = "1"  # bump when the recipe below changes: old cache entries are then never hit
 STD = "-std=c++20"  # what torch's own headers need (2.10 and later)
@@ -291,8 +290,7 @@ def build(spec: ExtensionSpec, cfg: CompilerConfig) -> BuildResult:
         key = spec.key()
     except Exception as e:  # noqa: BLE001 - torch or a compiler unusable here
         return BuildResult(False, "", f"cannot build torch extensions here: {e}", 0.0, False, "")
-    deadline = time.perf_counter() + cfg.timeout_s
-    recipe = Recipe(key, f"{spec.name}.so", sources(spec), lambda where: _steps(spec, cfg, where, deadline),
+    recipe = Recipe(key, f"{spec.name}.so", sources(spec), lambda where, deadline: _steps(spec, cfg, where, deadline),
                     cfg.timeout_s, keep_failures=True)
     return cached_build(recipe, cfg.cache_dir)
 
@@ -303,8 +301,7 @@ def _steps(spec: ExtensionSpec, cfg: CompilerConfig, where: Path, deadline: floa
     compile_, link = commands(spec, cfg)
 
     def run(cmd: list[str]) -> tuple[int | None, str]:
-        left = deadline - time.perf_counter()
-        return run_compiler(cmd, where, left, cfg.max_log_bytes) if left > 0 else (None, "")
+        return run_until(cmd, where, deadline, cfg.max_log_bytes)
 
     try:
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(compile_)) as pool:

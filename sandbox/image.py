@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from sandbox.process import SandboxConfig
+
 FORMAT = "1"
 REPOSITORY = "kernelwright-sandbox"
 MOUNT_POINTS = ("/kw/work", "/kw/sock", "/kw/app", "/tmp")
@@ -49,7 +51,8 @@ _SO = re.compile(r"\.so(\.[0-9.]+)?$")
 @dataclasses.dataclass(frozen=True)
 class ImageSpec:
     roots: tuple[str, ...] = ("torch", "numpy")  # distributions whose requirement closure goes in
-    modules: tuple[str, ...] = ("torch", "evaluator.jail.probe", "sandbox.jail.container", "?triton")  # and what these load
+    # and what these load: a container worker's warm imports and its entry point
+    modules: tuple[str, ...] = (*SandboxConfig.warm_modules, "sandbox.jail.container")
     tools: tuple[str, ...] = ("sh", "sleep", "cat", "ls", "env")
     skip: tuple[str, ...] = ()  # distributions left out even so (e.g. triton on a CPU-only machine)
     repository: str = REPOSITORY

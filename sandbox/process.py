@@ -1,8 +1,9 @@
-"""The process sandbox, supervisor side: start workers from the fork server, talk to them, end them.
+"""The process sandbox, supervisor side: start workers from the fork server and end them
+(sandbox/worker.py talks to them).
 
-A worker lives for one evaluation (or one reference session). Everything about it that the
-verdict depends on is read here from sources the worker cannot forge: the exit status comes
-from its pid-1 parent, the clock is the supervisor's, builds are done by the supervisor.
+A worker lives for one evaluation (or one reference session). What the verdict depends on
+comes from sources the worker cannot forge: the exit status from its pid-1 parent (the
+keeper, sandbox/jail/forkserver.py), its cgroup, the supervisor's clock and builds.
 """
 from __future__ import annotations
 
@@ -164,7 +165,7 @@ class ProcessSandbox:
     def __init__(self, cfg: SandboxConfig, parent_env: dict[str, str] | None = None):
         self.cfg = cfg
         self.parent_env = dict(parent_env if parent_env is not None else os.environ)
-        self._zygote: subprocess.Popen | None = None
+        self._forkserver: subprocess.Popen | None = None
         self._ctrl: socket.socket | None = None
         self._lock = threading.Lock()
         self.run_dir = cfg.root / f"run-{uuid.uuid4().hex[:10]}"
@@ -185,20 +186,20 @@ class ProcessSandbox:
                    "cached" if result.cached else "compiled", result.seconds)
         return result
 
-    def _start_zygote(self) -> None:
+    def _start_forkserver(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for sub in SHARED_CACHES:
             (self.cfg.cache_dir / sub).mkdir(parents=True, exist_ok=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = envmod.worker_env(self.parent_env, str(self.run_dir), self.cfg.threads)
-        zlog = open(self.run_dir / "forkserver.log", "ab")
+        log = open(self.run_dir / "forkserver.log", "ab")
         env["PYTHONPATH"] = os.pathsep.join(p for p in [_project_root(), env.get("PYTHONPATH", "")] if p)
-        self._zygote = subprocess.Popen(
+        self._forkserver = subprocess.Popen(
             [sys.executable, "-m", "sandbox.jail.forkserver", str(theirs.fileno()), *self.cfg.warm_modules],
             pass_fds=[theirs.fileno()], env=env, start_new_session=True, cwd=str(self.run_dir),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=zlog)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log)
         theirs.close()
-        zlog.close()
+        log.close()
         ours.settimeout(120)
         try:
             hello = ours.recv(4096)
@@ -210,7 +211,7 @@ class ProcessSandbox:
         ours.settimeout(None)
         self._ctrl = ours
         if self.lender:
-            self.lender.add_pid(self._zygote.pid)  # its forks inherit where it is
+            self.lender.add_pid(self._forkserver.pid)  # its forks inherit where it is
         if self.cfg.device == "cuda" and self.isolate:
             self._check_cuda_in_jail()
 
@@ -231,7 +232,7 @@ class ProcessSandbox:
               files: dict[str, str] | None = None) -> Worker:
         with self._lock:
             if self._ctrl is None:
-                self._start_zygote()
+                self._start_forkserver()
             return self._spawn_locked(hard_timeout_s, handler_args, files)
 
     def _spawn_locked(self, hard_timeout_s: float, handler_args: dict[str, Any] | None,
@@ -291,13 +292,13 @@ class ProcessSandbox:
         if self._ctrl is not None:
             self._ctrl.close()
             self._ctrl = None
-        if self._zygote is not None:
+        if self._forkserver is not None:
             try:
-                self._zygote.wait(timeout=5)
+                self._forkserver.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                self._zygote.kill()
-                self._zygote.wait()
-            self._zygote = None
+                self._forkserver.kill()
+                self._forkserver.wait()
+            self._forkserver = None
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def __enter__(self) -> ProcessSandbox:

@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from sandbox import binscreen, buildscreen, extension, protocol, stamped
@@ -148,7 +148,7 @@ class Worker:
 
 def build_fast_path(sandbox: Any, meta: dict[str, Any], arch_override: str | None = None) -> BuildResult:
     """A fast-path build request (sandbox/fastpath.py): screened, compiled, binary-screened."""
-    try:
+    def parse() -> tuple[str | None, Callable[[], BuildResult]]:
         spec = CompileSpec(source=str(meta["source"]), lang=str(meta["lang"]),
                            flags=tuple(str(f) for f in meta.get("flags", [])),
                            defines=tuple((str(k), str(v)) for k, v in meta.get("defines", [])),
@@ -156,29 +156,29 @@ def build_fast_path(sandbox: Any, meta: dict[str, Any], arch_override: str | Non
         if arch_override and spec.lang == "cuda":
             spec = dataclasses.replace(spec, arch=arch_override)
         why = buildscreen.flag_problem(spec.flags) or buildscreen.source_problem(spec.source)
-        if why:  # the compiler runs here, outside the jail: it must not read this machine's files
-            result = BuildResult(False, "", why, 0.0, False, "")
-        else:  # a library that fails the binary screen is never handed to the worker
-            result = binscreen.screen_build(spec, sandbox.build(spec))
-    except (KeyError, TypeError, ValueError) as e:
-        result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
-    return result
+        # a library that fails the binary screen is never handed to the worker
+        return why, lambda: binscreen.screen_build(spec, sandbox.build(spec))
+    return _screened_build(parse)
 
 
 def build_extension(sandbox: Any, meta: dict[str, Any]) -> BuildResult:
     """A load_inline build: compiled here (never loaded here), loaded by the worker from the
     path it is given; the Worker records it in `builds` like a fast-path build (its log for a
     compile error, its path for coverage)."""
-    try:
+    def parse() -> tuple[str | None, Callable[[], BuildResult]]:
         spec = extension.ExtensionSpec.from_meta(meta)
         why = buildscreen.flag_problem(spec.flags()) or buildscreen.source_problem(*spec.cpp_sources,
                                                                                     *spec.cuda_sources)
-        if why:
-            result = BuildResult(False, "", why, 0.0, False, "")
-        else:
-            builder = getattr(sandbox, "build_extension", None)
-            result = builder(spec) if builder else extension.build(spec, sandbox.cfg.extensions)
-    except (KeyError, TypeError, ValueError) as e:
-        result = BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")
-    return result
+        return why, lambda: sandbox.build_extension(spec)
+    return _screened_build(parse)
 
+
+def _screened_build(parse: Callable[[], tuple[str | None, Callable[[], BuildResult]]]) -> BuildResult:
+    """A build request parsed, screened and built: the compiler runs here, outside the jail, so a
+    request that would have it read this machine's files is refused (buildscreen), and a request
+    out of shape is a failed build, not an error here."""
+    try:
+        why, build = parse()
+        return BuildResult(False, "", why, 0.0, False, "") if why else build()
+    except (KeyError, TypeError, ValueError) as e:
+        return BuildResult(False, "", f"bad build request: {e}", 0.0, False, "")

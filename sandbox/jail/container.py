@@ -65,9 +65,6 @@ def _keep(pid: int, sock: socket.socket, deadline: float) -> int:
 
 
 def _worker(req: dict, sock: socket.socket) -> None:
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
     startup.settle(req, sock.fileno())
     startup.serve(sock, req, [])
 

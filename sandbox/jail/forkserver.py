@@ -1,10 +1,10 @@
 """The fork server: a process with torch already imported that forks one fresh worker per request.
 
 Each worker pays no interpreter or torch start-up, yet shares nothing with the candidates
-before it: it is a new process that dies with its evaluation. The zygote itself never runs
+before it: it is a new process that dies with its evaluation. The fork server itself never runs
 candidate code and never touches CUDA, so a fork never inherits a GPU context.
 
-Process tree for one worker:  zygote -> keeper (host pid namespace; waits, reports the exit
+Process tree for one worker:  fork server -> keeper (host pid namespace; waits, reports the exit
 status, enforces the hard deadline, kills on supervisor loss) -> worker (pid 1 of its own
 namespaces when possible; runs the candidate).
 """
@@ -153,9 +153,6 @@ def _worker(req: dict, sock_fd: int, log_fd: int, notes: list[str]) -> None:
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     os.close(log_fd)
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
     startup.settle(req, sock_fd)
     if os.geteuid() == 0 and req["isolate"].get("mount") and not any("mount" in n for n in notes):
         try:

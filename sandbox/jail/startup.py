@@ -45,8 +45,12 @@ def forked(child: Callable[..., object], *args: Any) -> int:
 
 
 def settle(req: dict[str, Any], keep_fd: int) -> None:
-    """Every descriptor but the socket closed, default signal handling, the work directory and
-    the worker's environment (nothing of the process that forked it)."""
+    """Standard input from /dev/null, every descriptor but the socket closed, default signal
+    handling, the work directory and the worker's environment (nothing of the process that
+    forked it)."""
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
     os.closerange(3, keep_fd)
     os.closerange(keep_fd + 1, 65536)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE):
@@ -61,6 +65,8 @@ def serve(sock: socket.socket, req: dict[str, Any], notes: list[str]) -> None:
     """Under the worker's limits, the request loop (sandbox/jail/loop.py) until the supervisor
     says bye; a handler that fails says why in the log the supervisor reads."""
     limits.set_rlimits(req.get("memory_bytes"), req["max_file_bytes"])
+    # Imported here, in the worker, not by the fork server: imported there (before torch, at
+    # the server's start), the fast candidate's worker died with SIGSEGV in its timing rounds.
     from sandbox.jail import loop
 
     try:

@@ -78,3 +78,22 @@ def test_prototypes_ignore_comments_and_read_blocks():
     assert set(protos) == {"axpy", "dot"}
     assert [p.name for p in protos["axpy"].params] == ["y", "x", "n", "a"]
     assert protos["axpy"].params[0].pointer and not protos["axpy"].params[2].pointer
+
+
+def test_the_steps_of_a_build_share_one_deadline(tmp_path):
+    """Compile then link (a CUDA library's two steps): the link gets what the compile left, not a
+    whole timeout of its own."""
+    from sandbox.compiler import Recipe, cached_build, run_until
+
+    ran: list[tuple[int | None, str]] = []
+
+    def steps(where, deadline):
+        for _ in range(2):  # each step alone fits in the limit, both together do not
+            ran.append(run_until(["sleep", "0.7"], where, deadline, 1000))
+            if ran[-1][0] != 0:
+                return None, ""
+        return 0, ""
+
+    r = cached_build(Recipe("ab" * 32, "lib.so", {}, steps, 1.0), tmp_path)
+    assert [code for code, _ in ran] == [0, None]
+    assert not r.ok and "build timed out after 1 s" in r.log and r.seconds < 1.5
