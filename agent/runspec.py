@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from agent.loop.strategies import STRATEGIES
+from agent.loop.tuner import STRATEGIES as TUNERS
 from evaluator.rules import POLICIES, policy
 from tasks.kernelbench import KernelBenchSelection
 from tasks.registry import resolve
@@ -63,7 +66,10 @@ class RunSpec:
                                         or self.gpus_per_eval < 0):
             raise SpecError("--workers must be at least 1, --max-retries at least 0, --cpus-per-job positive "
                             "and --gpus-per-eval not negative")
-
+        if self.strategy not in STRATEGIES:
+            raise SpecError(f"unknown strategy {self.strategy!r} (known: {', '.join(STRATEGIES)})")
+        if self.tuner not in TUNERS:
+            raise SpecError(f"unknown tuner {self.tuner!r} (known: {', '.join(TUNERS)})")
         if self.policy not in POLICIES:
             raise SpecError(f"unknown policy {self.policy!r} (use {', '.join(POLICIES)})")
         if not 0.0 < self.scale <= 1.0:
@@ -93,15 +99,25 @@ class RunSpec:
 
     def resolve_tasks(self, cache_dir: Any) -> list[Any]:
         """The run's tasks: a built-in suite, KernelBench (scaled tasks are written under cache_dir), files."""
-        from pathlib import Path
-
-
         if self.suite != "kernelbench":
             return resolve(self.suite, list(self.tasks) or None)
 
         selection = KernelBenchSelection(Path(str(self.kernelbench)).expanduser().resolve(), self.levels,
                                          self.task_ids, self.scale)
         return resolve(self.suite, list(self.tasks) or None, kernelbench=selection, cache_dir=Path(cache_dir))
+
+    def pinned(self, tasks: list[Any]) -> RunSpec:
+        """This spec with its task files as they resolved (absolute paths): a resumed run, started
+        from anywhere, finds the same files."""
+        return dataclasses.replace(self, tasks=tuple(str(t.path) for t in tasks)) if self.tasks else self
+
+    def llm(self) -> Any:
+        """The run's LLM (agent/loop/llm.py LLMSpec), None when the tuner runs instead."""
+        if not self.model:
+            return None
+        from agent.loop.llm import LLMSpec
+
+        return LLMSpec(self.model, self.base_url, self.api_key_env, self.concurrency)
 
     def eval_policy(self) -> Any:
         return policy(self.policy)

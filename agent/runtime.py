@@ -70,15 +70,22 @@ SandboxOpt = typer.Option("process", "--sandbox", help="process (fork server, OS
 ImageOpt = typer.Option(None, "--image", help="Docker image for --sandbox docker [default: the newest kernelwright-sandbox image]")
 
 
+DEVICES = ("cpu", "cuda")
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise UserError(f"unknown device {device!r} (use {' or '.join(DEVICES)})")
+    return device
+
+
 def options(db: str | None, device: str, timeout: float | None, sandbox: str = "process",
             image: str | None = None) -> Options:
     try:
         s = settings_mod.read()
     except ValueError as e:
         raise UserError(str(e)) from None
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {device!r} (use cpu or cuda)")
-    if device == "cuda":
+    if check_device(device) == "cuda":
         import torch
 
         if not torch.cuda.is_available():
@@ -159,14 +166,20 @@ def machine_ceilings(opts: Options, store: Any = None) -> Any:
             store.close()
 
 
+def sandbox_config(opts: Options) -> SandboxConfig:
+    return SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
+                         threads=opts.threads, isolate=opts.isolate, device=opts.device, timing_cpus=opts.timing_cpus)
+
+
 @contextlib.contextmanager
-def evaluator(opts: Options, **eval_kw: Any) -> Iterator[Any]:
+def evaluator(opts: Options, store: Any = None, **eval_kw: Any) -> Iterator[Any]:
+    """The evaluator of these options in its sandbox; the machine's ceilings from `store` (one is
+    opened for them when it is None) unless given."""
     from evaluator.cascade import EvalConfig, Evaluator
 
-    eval_kw.setdefault("ceilings", machine_ceilings(opts))  # before the sandbox starts anything
-    sb_cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
-                           threads=opts.threads, isolate=opts.isolate, device=opts.device,
-                           timing_cpus=opts.timing_cpus)
+    if "ceilings" not in eval_kw:
+        eval_kw["ceilings"] = machine_ceilings(opts, store)  # before the sandbox starts anything
+    sb_cfg = sandbox_config(opts)
     if opts.sandbox == "docker":
         try:
             sandbox: Any = DockerSandbox(sb_cfg, DockerConfig(image=str(opts.image)))

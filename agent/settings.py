@@ -1,4 +1,5 @@
-"""Every knob a user can set from the environment, declared once. Only the CLI reads these."""
+"""Every knob a user can set from the environment, declared once. Only the CLI (agent/cli/ and
+agent/runtime.py) reads these."""
 from __future__ import annotations
 
 import dataclasses

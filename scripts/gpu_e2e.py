@@ -47,7 +47,7 @@ def evaluate_into(db: Path, names: list[str], cache: Path) -> list[dict]:
                 t0 = time.monotonic()
                 v = ev.evaluate(task, source)
                 task_id = store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
-                store.record(task_id, source, {**v.to_json(), "log": v.log}, origin="seed", run_id=run_id)
+                store.record(task_id, source, v.record(), origin="seed", run_id=run_id)
                 rows.append({"task": task.name, "status": v.status.value, "reason": v.reason[:300],
                              "speedup": v.speedup, "seconds": round(time.monotonic() - t0, 1)})
                 print(f"{task.name:24s} {v.status.value:10s} x{v.speedup or 0:.3f} {v.reason[:120]}", flush=True)

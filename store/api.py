@@ -155,7 +155,6 @@ class Store(Queries):
                                                    claimed_speedup=None if speedup is None else float(speedup),
                                                    claimed_correct=correct, details=details), find)
             s.flush()
-            assert row.id is not None
             assert row.id is not None  # set by the flush
             return row.id
 

@@ -1,5 +1,7 @@
 """The typer CLI, one module per command group. Importing the package registers every command
-on `app`; `main` is the `kernelwright` entry point. Only this layer reads settings and prints."""
+on `app`; `main` is the `kernelwright` entry point. This layer and agent/runtime.py (what the
+commands share: options, the store, the evaluator, the run guard) read settings and print; the loop
+and the outputs take their configuration as arguments."""
 from __future__ import annotations
 
 from agent.cli import (

@@ -10,13 +10,11 @@ from typing import Any, Optional
 
 import typer
 from rich.live import Live
-from rich.table import Table
 
 from agent import settings
 from agent.cli import typer_app as o  # the application and the options every command shares
-from agent.cli.display import summary_table
-from agent.runspec import resume_hint
-from agent.runtime import UserError, cli_errors, machine_ceilings, open_store, options
+from agent.cli.display import batch_progress_table, summary_table
+from agent.runtime import UserError, check_device, cli_errors, machine_ceilings, open_store, options, run_guard
 
 
 @o.app.command("batch")
@@ -38,27 +36,21 @@ def batch_cmd(
     from agent.loop import batch
 
     def fresh() -> dict[str, Any]:
-        s = settings.read()  # workers start with no settings of their own: the driver's are the run's
-        return {**flags.spec_fields(task), "model": flags.model or s["model"] or None,
-                "base_url": flags.base_url or s["base_url"] or None, "address": address, "workers": workers,
-                "cpus_per_job": cpus_per_job, "gpus_per_eval": gpus_per_eval, "max_retries": max_retries}
+        return {**flags.spec_fields(task), "address": address, "workers": workers, "cpus_per_job": cpus_per_job,
+                "gpus_per_eval": gpus_per_eval, "max_retries": max_retries}
 
     # the store is opened after the options are checked: bad input leaves no store behind
     store, spec = o.run_spec("batch", resume, db, fresh)
     opts = _options(db, spec.device, spec.timeout_s, spec.cpus_per_job, spec.sandbox, spec.image)
-    o.check_search(spec.strategy, spec.tuner)
     tasks = spec.resolve_tasks(opts.cache_dir)
     if resume is None:  # docker: the image the options resolved is the run's
-        spec = dataclasses.replace(spec, image=opts.image, tasks=tuple(str(t.path) for t in tasks) if spec.tasks else ())
-    if spec.model and not spec.address:  # local workers inherit this environment: a missing key fails here, not in every job
-        from agent.loop.llm import keyed_config
-
-        keyed_config(spec.model, spec.base_url, os.environ.get(spec.api_key_env, ""), spec.api_key_env, spec.concurrency)
-    llm = batch.LLMSpec(spec.model, spec.base_url, spec.api_key_env, spec.concurrency) if spec.model else None
+        spec = dataclasses.replace(spec.pinned(tasks), image=opts.image)
+    llm = spec.llm()
+    if llm and not spec.address:  # local workers inherit this environment: a missing key fails here, not in every job
+        llm.config(os.environ)
     store = store or open_store(opts.db)
     # measured here, once and before Ray starts: jobs measuring at once would each see a busy machine
     machine_ceilings(opts, store)
-    say = o.err_console.print if as_json else o.console.print
     try:
         resources = batch.connect(spec.address, spec.workers, worker_logs=not as_json)
     except Exception as e:  # noqa: BLE001 - Ray raises many kinds for an unreachable or refused cluster
@@ -66,26 +58,8 @@ def batch_cmd(
                         f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     try:
         run_id = o.begin_run(store, spec, resume)
-        jobs = batch.plan(store, tasks, spec.strategy)
-        cfg = batch.BatchConfig(
-            run_id=run_id, options=opts, optimize=spec.optimize_config(), llm=llm,
-            deadline=time.time() + spec.time_limit_min * 60 if spec.time_limit_min else None,
-            max_cost_per_job=spec.max_cost_usd / len(jobs) if spec.max_cost_usd is not None else None,
-            cpus_per_job=spec.cpus_per_job, gpus_per_eval=spec.gpus_per_eval, max_retries=spec.max_retries,
-            policy=spec.policy)
-        say = o.err_console.print if as_json else o.console.print
-        say(f"Batch run {run_id}: {len(jobs)} jobs on Ray ({_resources(resources)}); "
-            + (f"LLM {spec.model}, strategy {spec.strategy}" if llm else f"no LLM: tuning seed kernels ({spec.tuner})"))
-        try:
-            if as_json:
-                summary = batch.run_batch(store, cfg, jobs)
-            else:
-                with Live(console=o.err_console, refresh_per_second=2, transient=True) as live:
-                    summary = batch.run_batch(store, cfg, jobs,
-                                              on_progress=lambda b: live.update(_progress_table(b, spec.budget)))
-        except KeyboardInterrupt:
-            o.err_console.print(f"Interrupted. Resume with: {resume_hint('batch', run_id, db)}")
-            raise typer.Exit(130) from None
+        with run_guard(store, run_id, "batch", db):
+            summary = _run(store, spec, run_id, tasks, opts, llm, resources, as_json)
     finally:
         batch.shutdown()
     failed = [t for t in summary["tasks"] if t["note"].startswith("failed:")]
@@ -97,13 +71,33 @@ def batch_cmd(
         raise typer.Exit(1)
 
 
+def _run(store: Any, spec: Any, run_id: int, tasks: list[Any], opts: Any, llm: Any, resources: dict[str, float],
+         as_json: bool) -> dict[str, Any]:
+    """The batch's jobs planned into run `run_id` and run on Ray to the end; its summary."""
+    from agent.loop import batch
+
+    jobs = batch.plan(store, tasks, spec.strategy)
+    cfg = batch.BatchConfig(
+        run_id=run_id, options=opts, optimize=spec.optimize_config(), llm=llm,
+        deadline=time.time() + spec.time_limit_min * 60 if spec.time_limit_min else None,
+        max_cost_per_job=spec.max_cost_usd / len(jobs) if spec.max_cost_usd is not None else None,
+        cpus_per_job=spec.cpus_per_job, gpus_per_eval=spec.gpus_per_eval, max_retries=spec.max_retries,
+        policy=spec.policy)
+    say = o.err_console.print if as_json else o.console.print
+    say(f"Batch run {run_id}: {len(jobs)} jobs on Ray ({_resources(resources)}); "
+        + (f"LLM {spec.model}, strategy {spec.strategy}" if llm else f"no LLM: tuning seed kernels ({spec.tuner})"))
+    if as_json:
+        return batch.run_batch(store, cfg, jobs)
+    with Live(console=o.err_console, refresh_per_second=2, transient=True) as live:
+        return batch.run_batch(store, cfg, jobs, on_progress=lambda b: live.update(batch_progress_table(b, spec.budget)))
+
+
 def _options(db: str | None, device: str, timeout: float | None, cpus_per_job: float, sandbox: str,
              image: str | None) -> Any:
     """The optimize options, for workers: the GPU is checked where jobs run, not here; a SQLite
     path is made absolute (workers start elsewhere); threads follow the job's CPUs unless set.
     A docker image is looked up here, on the driver's engine: every node needs the same tag."""
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {device!r} (use cpu or cuda)")
+    check_device(device)
     opts = options(db, "cpu", timeout, sandbox, image)
     store_db = opts.db if "://" in opts.db else str(Path(opts.db).expanduser().resolve())
     threads = opts.threads if settings.read()["threads"] else max(1, int(cpus_per_job))
@@ -114,18 +108,3 @@ def _options(db: str | None, device: str, timeout: float | None, cpus_per_job: f
 def _resources(r: dict[str, float]) -> str:
     gpus = r.get("GPU", 0)
     return f"{r.get('CPU', 0):g} CPUs" + (f", {gpus:g} GPUs" if gpus else "")
-
-
-def _progress_table(b: Any, budget: int) -> Table:
-    rows = b.progress()
-    evaluated = sum(r["evaluated"] for r in rows)
-    minutes = max(1e-9, (time.monotonic() - b.started) / 60)
-    t = Table(title=f"batch run {b.cfg.run_id}",
-              caption=f"{minutes * 60:.0f} s   {evaluated} evaluations   {evaluated / minutes:.1f}/min")
-    for col in ("task", "strategy", "evaluated", "correct", "best speedup", "job"):
-        t.add_column(col, justify="left" if col in ("task", "strategy", "job") else "right")
-    for r in rows:
-        best = r["best_speedup"]
-        t.add_row(r["task"], r["strategy"], f"{r['evaluated']}/{budget}", str(r["counts"].get("ok", 0)),
-                  f"{best:.2f}x" if best is not None else "-", r["state"])
-    return t

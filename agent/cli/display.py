@@ -1,4 +1,5 @@
-"""What a user watches: a live table during `optimize`, and the summary after it."""
+"""What a user sees: live tables during `optimize` and `batch`, the summary after them, and the
+formats of speedups, peak fractions and statuses every command shares."""
 from __future__ import annotations
 
 import time
@@ -7,6 +8,15 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+
+def speedup_text(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def status_color(status: str) -> str:
+    """The rich colour of a verdict's status."""
+    return {"ok": "green", "incorrect": "red", "rejected": "magenta"}.get(status, "yellow")
 
 
 def progress_table(opt: Any) -> Table:
@@ -20,7 +30,7 @@ def progress_table(opt: Any) -> Table:
         ok = [m for m in tr.members if m.ok]
         best = max((m.speedup or 0.0 for m in ok), default=None)
         t.add_row(tr.task.name, f"{tr.evaluated}/{opt.cfg.budget}", str(len(ok)),
-                  f"{best:.2f}x" if best is not None else "-", str(tr.inflight), tr.done_reason)
+                  speedup_text(best), str(tr.inflight), tr.done_reason)
     return t
 
 
@@ -51,7 +61,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for task in summary["tasks"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(task["counts"].items()))
         best = task["best_speedup"]
-        t.add_row(task["task"], f"{best:.2f}x" if best is not None else "-",
+        t.add_row(task["task"], speedup_text(best),
                   peak_short(task.get("best_peak_fraction"), task.get("best_bound")),
                   str(task.get("measurements") or "-"),
                   task["best_candidate_id"] or "-",
@@ -80,3 +90,18 @@ def peak_short(fraction: float | None, bound: str | None) -> str:
     if fraction is None:
         return "-"
     return f"{fraction:.0%} {'mem' if bound == 'memory' else 'fp32' if bound == 'compute' else ''}".rstrip()
+
+
+def batch_progress_table(b: Any, budget: int) -> Table:
+    rows = b.progress()
+    evaluated = sum(r["evaluated"] for r in rows)
+    minutes = max(1e-9, (time.monotonic() - b.started) / 60)
+    t = Table(title=f"batch run {b.cfg.run_id}",
+              caption=f"{minutes * 60:.0f} s   {evaluated} evaluations   {evaluated / minutes:.1f}/min")
+    for col in ("task", "strategy", "evaluated", "correct", "best speedup", "job"):
+        t.add_column(col, justify="left" if col in ("task", "strategy", "job") else "right")
+    for r in rows:
+        best = r["best_speedup"]
+        t.add_row(r["task"], r["strategy"], f"{r['evaluated']}/{budget}", str(r["counts"].get("ok", 0)),
+                  speedup_text(best), r["state"])
+    return t

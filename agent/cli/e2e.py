@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.cli.typer_app import JsonOpt, app, console
-from agent.runtime import UserError, cli_errors
+from agent.runtime import UserError, check_device, cli_errors
 
 
 def _model_config(config: Optional[Path], norm: Optional[str], preset: str) -> Any:
@@ -51,8 +51,7 @@ def e2e_cmd(package: Path = typer.Option(..., "--package", help="An exported pac
     """Run a small transformer with and without the package applied: output parity and speedup."""
     from agent.outputs.e2e import E2EConfig, load_package, run
 
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {device!r} (use cpu or cuda)")
+    check_device(device)
     if repeats < 1:
         raise UserError("--repeats must be at least 1")
     if threads is not None and threads < 1:

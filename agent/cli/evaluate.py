@@ -1,4 +1,5 @@
-"""The `kernelwright` command line: evaluation, compilation and task commands (others in agent/cli_*.py)."""
+"""`kernelwright eval`, `compile` and `tasks`: one candidate or one task at a time (the other
+commands are the other modules of agent/cli/)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from agent.cli.display import coverage_line, peak_text
+from agent.cli.display import coverage_line, peak_text, status_color
 from agent.cli.typer_app import (
     DbOpt,
     DeviceOpt,
@@ -29,9 +30,19 @@ from agent.cli.typer_app import (
 from agent.loop.judge import Record, judge
 from agent.loop.reward import RewardConfig
 from agent.runspec import RunSpec, SpecError
-from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options
+from agent.runtime import (
+    ImageOpt,
+    SandboxOpt,
+    UserError,
+    check_device,
+    cli_errors,
+    evaluator,
+    open_store,
+    options,
+    sandbox_config,
+)
 from evaluator.compile_only import compile_candidate
-from sandbox.process import ProcessSandbox, SandboxConfig
+from sandbox.process import ProcessSandbox
 from tasks.registry import suite_tasks, suites
 from tasks.spec import load_task
 
@@ -50,7 +61,7 @@ def eval_cmd(
     source = read_candidate(candidate_file)
     opts = options(db, device, timeout, sandbox, image)
     store = open_store(opts.db)  # opened first: a bad --db fails before any work
-    with evaluator(opts, policy=rules) as ev:
+    with evaluator(opts, store, policy=rules) as ev:
         done = judge(ev, task, source, RewardConfig(), confirm_outliers=False)
     task_id = store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
     run_id = store.start_run("eval", {"task": str(task.path), "candidate": str(candidate_file), "policy": policy},
@@ -66,7 +77,7 @@ def eval_cmd(
 
 
 def _print_verdict(v: dict, db: str) -> None:
-    color = {"ok": "green", "incorrect": "red", "rejected": "magenta"}.get(v["status"], "yellow")
+    color = status_color(v["status"])
     console.print(f"[bold]{v['task']}[/bold]  status [{color}]{v['status']}[/{color}]"
                   + (f"  {v['reason']}" if v["reason"] else "") + f"  (policy {v.get('policy', 'strict')})")
     if v.get("torch_ops"):
@@ -99,14 +110,11 @@ def compile_cmd(
 ) -> None:
     """Compile a candidate's kernels without running them; on CUDA, report registers and spills."""
     source = read_candidate(candidate_file)
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"unknown device {device!r} (use cpu or cuda)")
+    check_device(device)
     if not arch.startswith(("sm_", "compute_")):
         raise UserError(f"--arch {arch!r} is not a CUDA target like sm_90")
     opts = options(None, "cpu", timeout)  # compiling needs no GPU
-    cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
-                        threads=opts.threads, isolate=opts.isolate)
-    with ProcessSandbox(cfg) as sb:
+    with ProcessSandbox(sandbox_config(opts)) as sb:
         report = compile_candidate(sb, source, arch, opts.timeout_s)
     if as_json:
         typer.echo(json.dumps(report.to_json()))
@@ -160,9 +168,7 @@ def tasks_check(task_file: Path = typer.Argument(..., help="Task file to validat
 
     task = load_task(task_file)
     opts = options(None, "cpu", timeout)
-    cfg = SandboxConfig(cache_dir=opts.cache_dir, root=opts.workdir, memory_bytes=opts.memory_bytes,
-                        threads=opts.threads, isolate=opts.isolate)
-    with ProcessSandbox(cfg) as sb:
+    with ProcessSandbox(sandbox_config(opts)) as sb:
         result = check_task(task, sb, opts.timeout_s)
     if as_json:
         typer.echo(json.dumps(result.to_json()))

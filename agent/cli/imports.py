@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from agent import settings
+from agent.cli.display import speedup_text
 from agent.cli.typer_app import (
     DbOpt,
     DeviceOpt,
@@ -25,12 +26,14 @@ from agent.cli.typer_app import (
     check_policy,
     console,
     err_console,
+    open_run,
+    stored_run,
 )
 from agent.loop.importers import parse
 from agent.loop.judge import Record, judge
 from agent.loop.reward import RewardConfig
 from agent.outputs import audit as audit_mod
-from agent.runspec import resume_hint, shown_url
+from agent.runspec import resume_hint
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, evaluator, open_store, options, run_guard
 from tasks.kernelbench import KernelBenchSelection, load_numbered, task_from_source
 from tasks.spec import TaskError
@@ -59,11 +62,7 @@ def import_cmd(
         raise UserError("--limit must be at least 1")
     store = None
     if resume is not None:
-        store = open_store(options(db, "cpu", None).db)
-        run = store.run(resume)
-        if run is None or run["command"] != "import":
-            raise UserError(f"no import run {resume} in {shown_url(options(db, 'cpu', None).db)}")
-        config = dict(run["config"])
+        store, config = stored_run("import", resume, db)
     else:
         if fmt is None or path is None:
             raise UserError("import needs FORMAT and FILE (or --resume RUN)")
@@ -76,18 +75,14 @@ def import_cmd(
     opts = options(db, config["device"], config["timeout_s"], config["sandbox"], config["image"])
     items, skipped = _candidates(config, opts.cache_dir)
     store = store or open_store(opts.db)
-    if resume is None:
-        run_id = store.start_run("import", {k: config[k] for k in _CONFIG}, config["device"])
-    else:
-        run_id = resume
-        store.reopen_run(run_id)
+    run_id = open_run(store, "import", {k: config[k] for k in _CONFIG}, config["device"], resume)
     done = {str((c["details"] or {}).get("key")) for c in store.claims(run_id)}
     todo = [it for it in items if it[0].key not in done]
     now = todo[:limit] if limit else todo
     source = f"{config['format']}:{Path(config['path']).name}"
     with run_guard(store, run_id, "import", db):
         if now:
-            with evaluator(opts, policy=rules) as ev:
+            with evaluator(opts, store, policy=rules) as ev:
                 for n, (item, task) in enumerate(now, 1):
                     _judge_one(store, ev, run_id, item, task, source)
                     if not as_json:
@@ -158,17 +153,13 @@ def audit_cmd(run: Optional[int] = typer.Option(None, "--run", help="Import run 
     _print_audit(result)
 
 
-def _speed(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}x"
-
-
 def _print_audit(result: Any) -> None:
     table = Table(title=f"import run {result.run_id}: claimed vs measured")
     for col in ("task", "from", "claimed", "measured", "status", "reason", "held up"):
         table.add_column(col)
     for r in result.rows:
         why = (r.reason.splitlines() or [""])[0]
-        table.add_row(r.task, r.key, _speed(r.claimed), _speed(r.measured), r.status, why[:70],
+        table.add_row(r.task, r.key, speedup_text(r.claimed), speedup_text(r.measured), r.status, why[:70],
                       "yes" if r.held else "no")
     console.print(table)
     t = result.totals()
@@ -177,5 +168,5 @@ def _print_audit(result: Any) -> None:
     for why, n in t["reasons"].items():
         console.print(f"  {n} x {why}")
     if t["compared"]:
-        console.print(f"geomean over {t['compared']} correct and timed: claimed {_speed(t['geomean_claimed'])}, "
-                      f"measured {_speed(t['geomean_measured'])} (here, on this machine: claims were measured elsewhere)")
+        console.print(f"geomean over {t['compared']} correct and timed: claimed {speedup_text(t['geomean_claimed'])}, "
+                      f"measured {speedup_text(t['geomean_measured'])} (here, on this machine: claims were measured elsewhere)")

@@ -12,9 +12,9 @@ from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 
-from agent.cli.display import coverage_line, peak_short, peak_text
+from agent.cli.display import coverage_line, peak_short, peak_text, speedup_text, status_color
 from agent.cli.typer_app import DbOpt, JsonOpt, app, check_policy, console
-from agent.runtime import UserError, cli_errors, open_store, options
+from agent.runtime import UserError, check_device, cli_errors, open_store, options
 from store import ranking
 
 PROMPT_CHARS = 3000  # of a prompt shown on the terminal; --json has it all
@@ -25,9 +25,7 @@ def _store(db: str | None) -> Any:
 
 
 def _device(device: str | None) -> str | None:
-    if device not in (None, "cpu", "cuda"):
-        raise UserError(f"unknown device {device!r} (use cpu or cuda)")
-    return device
+    return None if device is None else check_device(device)
 
 
 def _candidate(store: Any, ref: str) -> dict[str, Any]:
@@ -40,10 +38,6 @@ def _candidate(store: Any, ref: str) -> dict[str, Any]:
 def _latest(store: Any, candidate_id: str) -> dict[str, Any] | None:
     evaluations = store.evaluations(candidate_id)
     return evaluations[-1] if evaluations else None
-
-
-def _x(speedup: float | None) -> str:
-    return "-" if speedup is None else f"{speedup:.2f}x"
 
 
 @app.command("best")
@@ -73,7 +67,7 @@ def best_cmd(task: Optional[str] = typer.Option(None, "--task", help="Only this 
         table.add_column(name, no_wrap=True, min_width=width,  # ids are for copying: never cut
                          justify="right" if name in ("speedup", "peak", "measured") else "left")
     for r in rows:
-        table.add_row(escape(r["task"]), _x(r["speedup"]), peak_short(r.get("peak_fraction"), r.get("bound")),
+        table.add_row(escape(r["task"]), speedup_text(r["speedup"]), peak_short(r.get("peak_fraction"), r.get("bound")),
                       str(r["measurements"]), r["candidate_id"],
                       r["device"] or "-",
                       r["fingerprint_id"] or "-", escape(r["strategy"] or "-"), (r["created_at"] or "")[:10])
@@ -106,9 +100,9 @@ def show_cmd(candidate: str = typer.Argument(..., help="Candidate id (or a uniqu
         _print_evaluation(e)
     standing = ranking.standings(evaluations).get(cand["id"])
     if standing and standing.measurements > 1:
-        console.print(f"speedup {_x(standing.speedup)}: the median of its {standing.measurements} correct "
+        console.print(f"speedup {speedup_text(standing.speedup)}: the median of its {standing.measurements} correct "
                       "measurements (the leaderboard ranks by it)")
-    chain = [f"{c['id']} ({c['origin']}, {c['status'] or 'not evaluated'}, {_x(c['speedup'])})" for c in lineage]
+    chain = [f"{c['id']} ({c['origin']}, {c['status'] or 'not evaluated'}, {speedup_text(c['speedup'])})" for c in lineage]
     root = lineage[-1]
     root_calls = calls if root["id"] == cand["id"] else store.llm_calls(candidate_id=root["id"])
     start = (f"first prompt: LLM call {root_calls[0]['id']} ({root_calls[0]['kind']})" if root_calls
@@ -126,14 +120,14 @@ def show_cmd(candidate: str = typer.Argument(..., help="Candidate id (or a uniqu
 
 
 def _print_evaluation(e: dict[str, Any]) -> None:
-    color = {"ok": "green", "incorrect": "red", "rejected": "magenta"}.get(e["status"], "yellow")
+    color = status_color(e["status"])
     console.print(f"evaluation {e['id']}  [{color}]{e['status']}[/{color}]"
                   + (f"  {escape(e['reason'])}" if e["reason"] else "")  # store text, not markup
                   + f"  ({e['device'] or '-'}, fingerprint {e['fingerprint_id'] or '-'}, {(e['created_at'] or '')[:19]})")
     if e["speedup"] is not None:
         samples = e["timings"].get("candidate_ms") or []
         spread = f"; {len(samples)} samples, {min(samples):.4f} to {max(samples):.4f} ms" if samples else ""
-        console.print(f"  speedup {_x(e['speedup'])}: candidate {e['candidate_ms']:.4f} ms ± "
+        console.print(f"  speedup {speedup_text(e['speedup'])}: candidate {e['candidate_ms']:.4f} ms ± "
                       f"{e['candidate_spread_ms']:.4f}, reference {e['reference_ms']:.4f} ms ± "
                       f"{e['reference_spread_ms']:.4f} (median ± IQR{spread})")
     if e.get("peak_fraction") is not None:
@@ -183,7 +177,7 @@ def diff_cmd(a: str = typer.Argument(..., help="Candidate id (before)"),
         return
     console.print(Syntax(text or "(identical sources)\n", "diff"))
     change = (f" ({out['speedup_change']:+.2f}, {out['speedup_ratio']:.2f}x)" if out["speedup_ratio"] else "")
-    console.print(f"speedup {_x(before['speedup'])} -> {_x(after['speedup'])}{change}")
+    console.print(f"speedup {speedup_text(before['speedup'])} -> {speedup_text(after['speedup'])}{change}")
     if not out["same_task"]:
         console.print(f"[yellow]note[/yellow] different tasks: {escape(before['task'])} and {escape(after['task'])}")
     elif both and not out["same_fingerprint"]:
@@ -235,7 +229,7 @@ def export_cmd(out: Path = typer.Option(..., "--out", help="Directory to write t
         return
     table = Table("function", "speedup", "peak", "pattern", "device", "candidate", "evaluation")
     for e in manifest["tasks"]:
-        table.add_row(f"{name}.{e['function']}", _x(e["speedup"]), peak_short(e["peak_fraction"], e["bound"]),
+        table.add_row(f"{name}.{e['function']}", speedup_text(e["speedup"]), peak_short(e["peak_fraction"], e["bound"]),
                       (e.get("binding") or {}).get("pattern", "-"), e["device"], e["candidate_id"],
                       str(e["evaluation_id"]))
     console.print(table)

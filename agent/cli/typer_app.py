@@ -13,8 +13,6 @@ from rich.console import Console
 
 from agent import settings
 from agent.cli import logs
-from agent.loop.strategies import STRATEGIES
-from agent.loop.tuner import STRATEGIES as TUNERS
 from agent.runspec import RunSpec, SpecError, shown_url
 from agent.runtime import ImageOpt, SandboxOpt, UserError, cli_errors, open_store, options
 from evaluator.rules import policy
@@ -60,7 +58,7 @@ ConfirmOpt = typer.Option(2, "--confirm", help="After each task's budget: up to 
 
 @app.callback()
 @cli_errors
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Say what the loop, the evaluator and the "
+def configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Say what the loop, the evaluator and the "
                                       "sandbox are doing, on stderr [env KERNELWRIGHT_LOG=debug]")) -> None:
     """kernelwright: LLM-driven kernel optimization with honest, sandboxed evaluation."""
     try:
@@ -98,11 +96,15 @@ class SearchFlags:
     scale: float
 
     def spec_fields(self, tasks: list[str] | None) -> dict[str, Any]:
-        """RunSpec's fields of these flags (and the --task files)."""
+        """RunSpec's fields of these flags (and the --task files). The model and endpoint the
+        settings choose are the run's: a resumed run keeps them whatever the settings say then
+        (and batch workers, which read no settings, get them)."""
+        s = settings.read()
         return {**suite_fields(self.suite, tasks, self.kernelbench, self.level, self.task_id, self.scale, self.policy),
                 "strategy": self.strategy, "budget": self.budget, "tuner": self.tuner,
-                "tune_fraction": self.tune_fraction, "seed": self.seed, "confirm": self.confirm, "model": self.model,
-                "base_url": self.base_url, "api_key_env": self.api_key_env, "concurrency": self.concurrency,
+                "tune_fraction": self.tune_fraction, "seed": self.seed, "confirm": self.confirm,
+                "model": self.model or s["model"] or None, "base_url": self.base_url or s["base_url"] or None,
+                "api_key_env": self.api_key_env, "concurrency": self.concurrency,
                 "device": self.device, "sandbox": self.sandbox, "image": self.image, "timeout_s": self.timeout,
                 "max_cost_usd": self.max_cost, "time_limit_min": self.time_limit}
 
@@ -133,14 +135,6 @@ def search_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def check_search(strategy: str, tuner: str) -> None:
-    """The strategy and tuner names, before any work."""
-    if strategy not in STRATEGIES:
-        raise UserError(f"unknown strategy {strategy!r} (known: {', '.join(STRATEGIES)})")
-    if tuner not in TUNERS:
-        raise UserError(f"unknown tuner {tuner!r} (known: {', '.join(TUNERS)})")
-
-
 def suite_fields(suite: str | None, tasks: list[str] | None, kernelbench: str | None, level: list[int] | None,
                  task_id: list[int] | None, scale: float, policy: str) -> dict[str, Any]:
     """The RunSpec fields that say which tasks, under which policy (optimize and batch share them)."""
@@ -155,24 +149,40 @@ def suite_fields(suite: str | None, tasks: list[str] | None, kernelbench: str | 
 def run_spec(command: str, resume: int | None, db: str | None, fresh: Callable[[], dict[str, Any]]) -> tuple[Any, Any]:
     """(the store, when it had to be opened; the run's RunSpec): run `resume`'s as it was stored
     (the same run, every flag as it was), or a new one of `fresh()`'s fields."""
-    try:
-        if resume is None:
+    if resume is None:
+        try:
             return None, RunSpec(command, **fresh())
-        url = options(db, "cpu", None).db
-        store = open_store(url)
-        run = store.run(resume)
-        if run is None or run["command"] != command:
-            store.close()
-            raise UserError(f"no {command} run {resume} in {shown_url(url)}")
-        return store, RunSpec.from_json(command, run["config"])
+        except SpecError as e:
+            raise UserError(str(e)) from None
+    store, config = stored_run(command, resume, db)
+    try:
+        return store, RunSpec.from_json(command, config)
     except SpecError as e:
+        store.close()
         raise UserError(str(e)) from None
+
+
+def stored_run(command: str, resume: int, db: str | None) -> tuple[Any, dict[str, Any]]:
+    """(the store, run `resume`'s stored configuration), or a one-line error (the store closed)
+    when the store holds no `command` run of that id."""
+    url = options(db, "cpu", None).db
+    store = open_store(url)
+    run = store.run(resume)
+    if run is None or run["command"] != command:
+        store.close()
+        raise UserError(f"no {command} run {resume} in {shown_url(url)}")
+    return store, dict(run["config"] or {})
 
 
 def begin_run(store: Any, spec: Any, resume: int | None) -> int:
     """The run's id: a new run of `spec`, or run `resume` marked running again."""
+    return open_run(store, spec.command, spec.to_json(), spec.device, resume)
+
+
+def open_run(store: Any, command: str, config: dict[str, Any], device: str, resume: int | None) -> int:
+    """A new run of this configuration, or run `resume` marked running again; its id."""
     if resume is None:
-        return int(store.start_run(spec.command, spec.to_json(), spec.device))
+        return int(store.start_run(command, config, device))
     store.reopen_run(resume)
     return resume
 

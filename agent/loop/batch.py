@@ -23,19 +23,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from agent.loop.llm import LLMSpec
 from agent.loop.optimize import OptimizeConfig
 from agent.runtime import Options
 from tasks.spec import Task, TaskError
-
-
-@dataclasses.dataclass(frozen=True)
-class LLMSpec:
-    """What a worker needs to build its LLM client; the key comes from its own environment."""
-
-    model: str
-    base_url: str | None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,7 +104,7 @@ def run_job(cfg: BatchConfig, job: Job) -> dict[str, Any]:
         eval_kw: dict[str, Any] = {"policy": policy(cfg.policy)}
         if cfg.timing is not None:
             eval_kw["timing"] = cfg.timing
-        with evaluator(cfg.options, **eval_kw) as ev:
+        with evaluator(cfg.options, store, **eval_kw) as ev:
             summary = Optimizer(store, ev, [task], opt_cfg, cfg.run_id, llm=llm).run()
     finally:
         store.close()
@@ -125,10 +116,9 @@ def run_job(cfg: BatchConfig, job: Job) -> dict[str, Any]:
 def _llm_client(spec: LLMSpec | None) -> Any:
     if spec is None:
         return None
-    from agent.loop.llm import LLMClient, keyed_config
+    from agent.loop.llm import LLMClient
 
-    return LLMClient(keyed_config(spec.model, spec.base_url, os.environ.get(spec.api_key_env, ""), spec.api_key_env,
-                                  spec.concurrency))
+    return LLMClient(spec.config(os.environ))
 
 
 def _time_left(deadline: float | None) -> float | None:
@@ -291,17 +281,13 @@ class Batch:
 def run_batch(store: Any, cfg: BatchConfig, jobs: Sequence[Job],
               on_progress: Callable[[Batch], None] | None = None) -> dict[str, Any]:
     """Run the jobs to the end and close the run: finished, or failed if a job failed for good
-    (the others still ran to the end). Interrupted (Ctrl-C) jobs are cancelled; `--resume` goes on."""
+    (the others still ran to the end). On Ctrl-C or an error the jobs are cancelled and it
+    goes on up: the caller ends the run (agent/runtime.py run_guard); `--resume` goes on."""
     runner = Batch(store, cfg, jobs)
     try:
         summary = runner.run(on_progress)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C or worse: the jobs stop; the caller's run_guard ends the run
         runner.cancel()
-        store.finish_run(cfg.run_id, "interrupted")
-        raise
-    except BaseException:
-        runner.cancel()
-        store.finish_run(cfg.run_id, "failed")
         raise
     store.finish_run(cfg.run_id, "failed" if runner.failures else "finished")
     return summary

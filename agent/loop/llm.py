@@ -61,12 +61,24 @@ class LLMConfig:
     worst_prompt_tokens: int = 40_000  # the largest prompt expected, for budget reservations only
 
 
-def keyed_config(model: str, base_url: str | None, key: str, api_key_env: str, concurrency: int) -> LLMConfig:
-    """The client's configuration with the key read from `api_key_env` (by the caller: the CLI,
-    or a batch worker from its own environment). Local servers (a --base-url) need no key."""
-    if not key and base_url is None:
-        raise ValueError(f"--model {model}: no API key in ${api_key_env} (and no --base-url for a local server)")
-    return LLMConfig(model=model, base_url=base_url, api_key=key or "none", max_concurrency=concurrency)
+@dataclasses.dataclass(frozen=True)
+class LLMSpec:
+    """A run's LLM as stored with the run; the key is read from `api_key_env` where a client is
+    made (the CLI, or a batch worker from its own environment) and never stored."""
+
+    model: str
+    base_url: str | None
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 2
+
+    def config(self, environ: Mapping[str, str]) -> LLMConfig:
+        """The client's configuration; local servers (a --base-url) need no key."""
+        key = environ.get(self.api_key_env, "")
+        if not key and self.base_url is None:
+            raise ValueError(f"--model {self.model}: no API key in ${self.api_key_env} "
+                             "(and no --base-url for a local server)")
+        return LLMConfig(model=self.model, base_url=self.base_url, api_key=key or "none",
+                         max_concurrency=self.concurrency)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import review as cli_review  # noqa: F401 - registers `export`
-from agent.cli.typer_app import app
+from agent.cli import app  # the package registers every command
 from evaluator.cascade import EvalConfig, Evaluator
 from store import Store
 from tasks.spec import load_task
@@ -43,7 +42,7 @@ def kernels_store(sandbox, tmp_path_factory: pytest.TempPathFactory) -> Path:
             verdict = evaluator.evaluate(task, source)
             assert verdict.status.value == "ok", f"{name}: {verdict.status.value} {verdict.reason}"
             task_id = store.upsert_task(task.name, task.meta.suite, task.source, str(task.path))
-            store.record(task_id, source, {**verdict.to_json(), "log": verdict.log}, origin="seed", run_id=run)
+            store.record(task_id, source, verdict.record(), origin="seed", run_id=run)
         store.finish_run(run, "finished")
     _built["db"] = db
     return db

@@ -6,7 +6,10 @@ database URL with its password."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,8 +59,7 @@ def test_urls_shown_never_carry_a_password():
 def test_resume_reads_the_sandbox_and_image_back(command, tmp_path, monkeypatch):
     """A stored run on an image this machine does not have: resuming it must look that image up
     (and fail, in one line), not fall back to the process sandbox of today's defaults."""
-    from agent.cli import batch as cli_batch  # noqa: F401 - registers the commands
-    from agent.cli.typer_app import app
+    from agent.cli import app  # the package registers every command
 
     monkeypatch.delenv("KERNELWRIGHT_DEBUG", raising=False)
     db = tmp_path / "kw.db"
@@ -98,3 +100,29 @@ def test_a_killed_docker_run_resumes_as_the_same_run(fake_openai, docker_image, 
     from sandbox.docker import LABEL, client_or_raise
     left = client_or_raise().containers.list(all=True, filters={"label": LABEL, "status": "exited"})
     assert left == []  # the killed run's exited containers were swept by the resumed one, which removed its own
+
+
+def test_a_resumed_run_keeps_its_model_whatever_the_settings_say_now(tmp_path, cache_dir):
+    """A run started with no model (the tuner's), resumed while KERNELWRIGHT_MODEL names one: its
+    stored flags stand (no LLM, no key asked for). A new run takes the setting's model."""
+    db = tmp_path / "kw.db"
+    spec = RunSpec("optimize", tasks=(str(DATA / "scale_small.py"),), budget=1, confirm=0)
+    with Store.open(str(db), db) as st:
+        run_id = st.start_run("optimize", spec.to_json(), "cpu")
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(KERNELWRIGHT_MODEL="gpt-4o", KERNELWRIGHT_CACHE=str(cache_dir), KERNELWRIGHT_TIMEOUT="60")
+
+    def kw(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "agent.cli", "optimize", *args, "--db", str(db), "--json"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    resumed = kw("--resume", str(run_id))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "No LLM configured" in resumed.stderr and json.loads(resumed.stdout)["llm_calls"] == 0
+    with Store.open(str(db), db) as st:
+        assert st.run(run_id)["config"]["model"] is None
+        runs = len(st.runs(10))
+    fresh = kw("--task", str(DATA / "scale_small.py"), "--budget", "1")
+    assert fresh.returncode == 2 and "--model gpt-4o: no API key in $OPENAI_API_KEY" in fresh.stderr, fresh.stderr
+    with Store.open(str(db), db) as st:
+        assert len(st.runs(10)) == runs  # refused before a run was started

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import review as cli_review  # noqa: F401 - registers the commands on the app
-from agent.cli.typer_app import app
+from agent.cli import app  # the package registers every command
 from agent.loop import prompts
 from agent.loop.parse import extract
 from agent.loop.propose import target_facts

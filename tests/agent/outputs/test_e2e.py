@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import e2e as cli_e2e  # noqa: F401 - registers `e2e`
-from agent.cli.typer_app import app
+from agent.cli import app  # the package registers every command
 from tests.agent.e2e_data import PACKAGE, exported_package, loaded_package
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -220,7 +220,7 @@ def slow_db(db: Path, evaluator, tmp_path_factory) -> Path:
     with Store.open(str(out), out) as store:
         tasks_before = len(store.tasks())
         task_id = store.upsert_task(task.name, "test", task.source, str(task.path))
-        store.record(task_id, source, {**verdict.to_json(), "log": verdict.log}, origin="user")
+        store.record(task_id, source, verdict.record(), origin="user")
         assert len(store.tasks()) == tasks_before + 1  # a new task, not a renamed one
     return out
 

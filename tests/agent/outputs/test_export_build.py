@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from agent.cli import review as cli_review  # noqa: F401 - registers `export`
-from agent.cli.typer_app import app
+from agent.cli import app  # the package registers every command
 from agent.outputs.export_template._prebuilt import fingerprint
 from tests.agent.review_data import review_store
 
