@@ -65,8 +65,10 @@ def serve(sock: socket.socket, req: dict[str, Any], notes: list[str]) -> None:
     """Under the worker's limits, the request loop (sandbox/jail/loop.py) until the supervisor
     says bye; a handler that fails says why in the log the supervisor reads."""
     limits.set_rlimits(req.get("memory_bytes"), req["max_file_bytes"])
-    # Imported here, in the worker, not by the fork server: imported there (before torch, at
-    # the server's start), the fast candidate's worker died with SIGSEGV in its timing rounds.
+    # Imported here, not at the top: the fork server imports this module before torch, and
+    # hashlib (OpenSSL's libcrypto, which sandbox.compiler imports) loaded before torch made the
+    # worker of an OpenMP candidate (tests/data/candidates.py FAST) die with SIGSEGV in its
+    # timing rounds. torch is loaded first by warm(); this module is in sys.modules by then.
     from sandbox.jail import loop
 
     try:
