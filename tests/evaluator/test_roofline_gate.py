@@ -142,3 +142,28 @@ def test_the_gate_judges_the_time_with_the_rounds_overhead_in():
     with pytest.raises(Fail) as e:
         _gate(0.4, [5.0, 5.5], [10, 11])
     assert e.value.reason.startswith("beyond_roofline: 0.5 ms is 20.00x of the memory ceiling"), e.value.reason
+
+
+def test_a_kernel_lost_in_the_rounds_overhead_keeps_its_verdict_and_a_finite_speedup(monkeypatch):
+    """The timing rounds of a review-store run (rmsnorm's seed on a loaded machine): its own clock
+    said 0.554 ms a call, the overhead measured on the reference swallowed every round, 1.51 ms a
+    call with it in. The clock check compares its claims with the figure without the overhead;
+    the speedup is computed from the time with it in: not timing_mismatch (the time with the
+    overhead in against the claims), not an infinite, suspicious speedup."""
+    from types import SimpleNamespace
+
+    from evaluator import rounds
+    from evaluator.candidate import CandidateRun
+    from evaluator.rules import Policy
+    from evaluator.verdict import Timing
+
+    made_up = rounds.Rounds(per_call_ms=[0.0] * 6, claims_ms=[0.554] * 6, calls=[10] * 6, wall_ms=[15.1] * 6,
+                            claimed=[0.554] * 60, synced=[0.554] * 60, phase_ms=120.0)
+    monkeypatch.setattr(rounds, "measure", lambda *a, **k: made_up)
+    run = SimpleNamespace(ev=SimpleNamespace(timing_cpus=(), cfg=SimpleNamespace(policy=Policy())), device="cpu",
+                          flags=[], ref_timing=Timing.from_samples([0.9] * 6, 60.0), _reject=CandidateRun._reject,
+                          _round_call=lambda: None, _round_window=None)
+    run._resolve = lambda: CandidateRun._resolve(run)  # type: ignore[arg-type]
+    CandidateRun._timed_rounds(run, {}, rounds.Overhead(2.0, 2.0), None)  # type: ignore[arg-type]
+    assert run.timing.median_ms == pytest.approx(1.51) and run.timing.samples_ms == pytest.approx((1.51,) * 6)
+    assert [f.split(":")[0] for f in run.flags] == ["timing_unresolved"], run.flags
