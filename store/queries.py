@@ -74,7 +74,7 @@ class Queries:
         query = (select(*_RANKED, col(Task.id).label("task_id"), col(Task.name).label("task"),  # type: ignore[call-overload]
                         col(Task.suite).label("suite"), col(Candidate.origin).label("origin"),
                         col(Evaluation.device).label("device"), col(Evaluation.fingerprint_id).label("fingerprint_id"),
-                        col(Evaluation.created_at).label("created_at"))
+                        col(Evaluation.created_at).label("created_at"), col(Evaluation.strategy).label("strategy"))
                  .join(Candidate, col(Candidate.task_id) == Task.id)
                  .join(Evaluation, col(Evaluation.candidate_id) == Candidate.id)
                  .order_by(col(Evaluation.id)))
@@ -102,7 +102,7 @@ class Queries:
                         "fingerprint_id": e.fingerprint_id, "device": e.device, "origin": e.origin,
                         "candidate_ms": lead.candidate_ms, "reference_ms": lead.reference_ms,
                         "peak_fraction": lead.peak_fraction, "bound": lead.bound, "policy": policy,
-                        "created_at": iso(e.created_at)})
+                        "strategy": e.strategy, "created_at": iso(e.created_at)})
         return sorted(out, key=lambda r: (r["task"], r["task_id"]))
 
     def runs(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -50,8 +50,7 @@ def best_cmd(task: Optional[str] = typer.Option(None, "--task", help="Only this 
     """The leaderboard: the fastest correct kernel of every task, under one policy."""
     check_policy(policy)
     store = _store(db)
-    rows = [{**r, "strategy": (store.evaluation(r["evaluation_id"]) or {}).get("strategy")}
-            for r in store.best(task, _device(device), policy=policy)]
+    rows = store.best(task, _device(device), policy=policy)
     if as_json:
         typer.echo(json.dumps({"tasks": rows}))
         return
@@ -83,8 +82,9 @@ def show_cmd(candidate: str = typer.Argument(..., help="Candidate id (or a uniqu
     cand = _candidate(store, candidate)
     evaluations = store.evaluations(cand["id"])
     lineage = []
-    for c in store.lineage(cand["id"]):
-        latest = _latest(store, c["id"]) or {}
+    for c in store.lineage(cand["id"]):  # the candidate itself first: its evaluations are read already
+        latest = ((evaluations[-1] if evaluations else None) if c["id"] == cand["id"]
+                  else _latest(store, c["id"])) or {}
         lineage.append({"id": c["id"], "origin": c["origin"], "parent_id": c["parent_id"], "knobs": c["knobs"],
                         "status": latest.get("status"), "speedup": latest.get("speedup")})
     calls = store.llm_calls(candidate_id=cand["id"])
