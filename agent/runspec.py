@@ -7,13 +7,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.loop.strategies import STRATEGIES
 from agent.loop.tuner import STRATEGIES as TUNERS
 from evaluator.rules import POLICIES, policy
 from tasks.kernelbench import KernelBenchSelection
 from tasks.registry import resolve
+
+if TYPE_CHECKING:
+    from agent.loop.llm import LLMSpec
 
 COMMANDS = ("optimize", "batch")
 
@@ -111,11 +114,11 @@ class RunSpec:
         from anywhere, finds the same files."""
         return dataclasses.replace(self, tasks=tuple(str(t.path) for t in tasks)) if self.tasks else self
 
-    def llm(self) -> Any:
-        """The run's LLM (agent/loop/llm.py LLMSpec), None when the tuner runs instead."""
+    def llm(self) -> LLMSpec | None:
+        """The run's LLM, None when the tuner runs instead."""
         if not self.model:
             return None
-        from agent.loop.llm import LLMSpec
+        from agent.loop.llm import LLMSpec  # openai with it: only runs that ask a model pay the import
 
         return LLMSpec(self.model, self.base_url, self.api_key_env, self.concurrency)
 

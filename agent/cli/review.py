@@ -83,8 +83,8 @@ def show_cmd(candidate: str = typer.Argument(..., help="Candidate id (or a uniqu
     evaluations = store.evaluations(cand["id"])
     lineage = []
     for c in store.lineage(cand["id"]):  # the candidate itself first: its evaluations are read already
-        latest = ((evaluations[-1] if evaluations else None) if c["id"] == cand["id"]
-                  else _latest(store, c["id"])) or {}
+        found = evaluations if c["id"] == cand["id"] else store.evaluations(c["id"])
+        latest = found[-1] if found else {}
         lineage.append({"id": c["id"], "origin": c["origin"], "parent_id": c["parent_id"], "knobs": c["knobs"],
                         "status": latest.get("status"), "speedup": latest.get("speedup")})
     calls = store.llm_calls(candidate_id=cand["id"])
